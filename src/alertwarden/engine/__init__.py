@@ -1,0 +1,1 @@
+"""The pure evaluation core: bucketed windows, group state and transitions. No I/O here."""

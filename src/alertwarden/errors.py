@@ -1,0 +1,29 @@
+"""Exception hierarchy. Every error alertwarden raises on purpose derives from AlertwardenError."""
+
+
+class AlertwardenError(Exception):
+    """Base class of all alertwarden errors."""
+
+
+class RuleError(AlertwardenError):
+    """A rule definition is invalid. The message names the rule, the field and the value."""
+
+
+class EventError(AlertwardenError):
+    """An input record cannot become an event. `reason` is a stable SkipReason value."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StoreError(AlertwardenError):
+    """The state store failed to read or write. The driver's exception is the cause."""
+
+
+class SinkError(AlertwardenError):
+    """A notification could not be delivered after all retries."""
+
+
+class ConfigError(AlertwardenError):
+    """A command-line option or setting is invalid."""

@@ -1,0 +1,84 @@
+"""The normalised event that sources produce and rules consume."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Signal(enum.StrEnum):
+    """Kind of input a rule applies to: OpenTelemetry-style logs or OCSF security events."""
+
+    LOGS = "logs"
+    EVENTS = "events"
+    ANY = "any"
+
+
+class SkipReason(enum.StrEnum):
+    """Why an input record was skipped; the label of the invalid-record metric."""
+
+    MALFORMED = "malformed"
+    NOT_AN_OBJECT = "not_an_object"
+    BAD_TIMESTAMP = "bad_timestamp"
+    OVERSIZED = "oversized"
+    INVALID_UTF8 = "invalid_utf8"
+    WRONG_TYPE = "wrong_type"
+
+
+@dataclass(slots=True)
+class Event:
+    """One input record, normalised.
+
+    `time_s` is the event time in UTC seconds since the Unix epoch. `fields` is the record as a
+    nested dict; rules address it with dotted paths. `event_id` is the record's own id when it
+    has one, used to drop redeliveries.
+    """
+
+    time_s: float
+    fields: dict[str, Any]
+    signal: Signal = Signal.LOGS
+    event_id: str | None = None
+
+
+class FieldPath:
+    """A compiled dotted path such as `attributes.src_ip` or `resource.attributes.host.name`.
+
+    OpenTelemetry attribute names contain dots themselves (`host.name`), so at every level the
+    longest remaining suffix that exists as a literal key wins before the path descends one
+    segment. A path never evaluates code.
+    """
+
+    __slots__ = ("text", "_parts", "_simple")
+
+    def __init__(self, text: str) -> None:
+        if not text or text.startswith(".") or text.endswith(".") or ".." in text:
+            raise ValueError(f"invalid field path {text!r}: use names separated by single dots")
+        self.text = text
+        self._parts = tuple(text.split("."))
+        self._simple = len(self._parts) == 1
+
+    def get(self, fields: dict[str, Any], default: Any = None) -> Any:
+        """Return the value at this path, or `default` when any step is missing."""
+        if self._simple:
+            return fields.get(self.text, default)
+        return _lookup(fields, self._parts, default)
+
+    def __repr__(self) -> str:
+        return f"FieldPath({self.text!r})"
+
+
+def _lookup(node: Any, parts: tuple[str, ...], default: Any) -> Any:
+    while parts:
+        if not isinstance(node, dict):
+            return default
+        # Longest literal key first, so `host.name` inside `attributes` is found as one key.
+        for cut in range(len(parts), 0, -1):
+            key = parts[0] if cut == 1 else ".".join(parts[:cut])
+            if key in node:
+                node = node[key]
+                parts = parts[cut:]
+                break
+        else:
+            return default
+    return node

@@ -1,0 +1,1 @@
+"""Notification outputs: stdout, JSON lines, webhook."""

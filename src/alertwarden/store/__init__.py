@@ -1,0 +1,1 @@
+"""State stores: snapshots, checkpoints and transition history behind one interface."""
