@@ -1,0 +1,161 @@
+"""Columnar storage of one rule's groups: bucket rings, times and flags in flat arrays.
+
+One object per group cost about 370 bytes per group key in CPython 3.11 (measured with tracemalloc
+for 10 buckets, key included); flat arrays indexed by a slot number bring that to roughly
+140 + 4 * N bytes, N being the number of buckets. See bench/ for the measured figure.
+
+Ring layout: slot s owns counts[s * N : (s + 1) * N]. Bucket b lives at position b % N. The ring
+holds the buckets (head - N, head], head being the newest bucket that received an event, and
+`totals[s]` is their sum, so the count of a group whose head is the current bucket is one lookup.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from array import array
+
+from alertwarden.engine.records import GroupKey
+
+FIRING = 1
+"""Flag bit: the group's state is firing (otherwise ok)."""
+SUPPRESSED = 2
+"""Flag bit: a cooldown_hit episode is open; the next cooldown_hit of it is not written."""
+NO_TIME = math.nan
+"""Stored in the time arrays for 'never'; NaN compares false with everything."""
+
+
+class GroupTable:
+    """Group state of one rule, plus the schedule of when each window empties."""
+
+    def __init__(self, n_buckets: int) -> None:
+        self.n_buckets = n_buckets
+        self.slots: dict[GroupKey, int] = {}
+        self.keys: list[GroupKey | None] = []
+        self.counts = array("I")
+        self.totals = array("I")
+        self.heads = array("q")
+        self.last_seen = array("d")
+        self.last_fired = array("d")
+        self.last_notified = array("d")
+        self.flags = bytearray()
+        self._free: list[int] = []
+        # Expiry schedule: bucket index -> slots whose window may be empty from that bucket on.
+        # Entries may be stale (the group got newer events, or the slot was reused); the reader
+        # re-checks the group, so a stale entry costs one lookup and never forgets a live group.
+        self._due: dict[int, list[int]] = {}
+        self._due_heap: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def add(self, key: GroupKey, head: int) -> int:
+        """Create a group with an empty ring whose newest bucket is `head`; return its slot."""
+        n = self.n_buckets
+        if self._free:
+            slot = self._free.pop()
+            self.keys[slot] = key
+            base = slot * n
+            self.counts[base : base + n] = array("I", bytes(4 * n))
+            self.totals[slot] = 0
+            self.heads[slot] = head
+            self.last_seen[slot] = NO_TIME
+            self.last_fired[slot] = NO_TIME
+            self.last_notified[slot] = NO_TIME
+            self.flags[slot] = 0
+        else:
+            slot = len(self.keys)
+            self.keys.append(key)
+            self.counts.frombytes(bytes(4 * n))
+            self.totals.append(0)
+            self.heads.append(head)
+            self.last_seen.append(NO_TIME)
+            self.last_fired.append(NO_TIME)
+            self.last_notified.append(NO_TIME)
+            self.flags.append(0)
+        self.slots[key] = slot
+        self.schedule(slot, head + n)
+        return slot
+
+    def remove(self, slot: int) -> GroupKey:
+        """Forget the group in `slot` and return its key."""
+        key = self.keys[slot]
+        assert key is not None
+        del self.slots[key]
+        self.keys[slot] = None
+        self._free.append(slot)
+        return key
+
+    def advance_head(self, slot: int, bucket: int) -> None:
+        """Move the ring forward so its newest bucket is `bucket`, zeroing the buckets it drops."""
+        n = self.n_buckets
+        head = self.heads[slot]
+        base = slot * n
+        if bucket - head >= n:
+            self.counts[base : base + n] = array("I", bytes(4 * n))
+            self.totals[slot] = 0
+        else:
+            counts = self.counts
+            total = self.totals[slot]
+            for b in range(head + 1, bucket + 1):
+                i = base + b % n
+                total -= counts[i]
+                counts[i] = 0
+            self.totals[slot] = total
+        self.heads[slot] = bucket
+        self.schedule(slot, bucket + n)
+
+    def window_count(self, slot: int, now_bucket: int) -> int:
+        """Return the sum of the buckets (now_bucket - N, now_bucket] for a group with head <= now_bucket."""
+        head = self.heads[slot]
+        gap = now_bucket - head
+        if gap <= 0:
+            return self.totals[slot]
+        n = self.n_buckets
+        if gap >= n:
+            return 0
+        # Buckets (head - N, now_bucket - N] are in the ring but already out of the window.
+        counts = self.counts
+        base = slot * n
+        total = self.totals[slot]
+        for b in range(head - n + 1, now_bucket - n + 1):
+            total -= counts[base + b % n]
+        return total
+
+    def ring(self, slot: int) -> tuple[int, ...]:
+        """Return the bucket counts oldest first; the last one belongs to the head bucket."""
+        n = self.n_buckets
+        base = slot * n
+        head = self.heads[slot]
+        counts = self.counts
+        return tuple(counts[base + b % n] for b in range(head - n + 1, head + 1))
+
+    def load_ring(self, slot: int, head: int, ring: tuple[int, ...]) -> None:
+        """Fill a slot's ring from counts given oldest first, ending at bucket `head`."""
+        n = self.n_buckets
+        base = slot * n
+        for offset, count in enumerate(ring):
+            self.counts[base + (head - n + 1 + offset) % n] = count
+        self.totals[slot] = sum(ring)
+        self.heads[slot] = head
+
+    def schedule(self, slot: int, bucket: int) -> None:
+        """Ask for `slot` to be looked at when the boundary of `bucket` is evaluated."""
+        entries = self._due.get(bucket)
+        if entries is None:
+            self._due[bucket] = [slot]
+            heapq.heappush(self._due_heap, bucket)
+        else:
+            entries.append(slot)
+
+    def next_due(self) -> int | None:
+        """Return the earliest bucket with scheduled slots, or None."""
+        return self._due_heap[0] if self._due_heap else None
+
+    def pop_due(self, bucket: int) -> list[int]:
+        """Remove and return every slot scheduled at or before `bucket`."""
+        found: list[int] = []
+        heap = self._due_heap
+        while heap and heap[0] <= bucket:
+            found.extend(self._due.pop(heapq.heappop(heap)))
+        return found
