@@ -1,0 +1,656 @@
+"""The embedded state store: one SQLite file that stores group snapshots, checkpoints and history.
+
+The methods are `async def` to fit the StateStore protocol but call sqlite3 directly, because
+each call is a short local transaction. No method awaits while a transaction is open, so two
+coroutines never interleave statements on the one shared connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from alertwarden.engine.records import (
+    Checkpoint,
+    FlushBatch,
+    GroupKey,
+    GroupSnapshot,
+    GroupStatus,
+    Transition,
+    TransitionKind,
+)
+from alertwarden.errors import StoreError
+from alertwarden.store.base import HistoryRecord, StoredState
+from alertwarden.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+HISTORY_LIMIT_MAX = 10_000
+"""Upper bound on the rows one history() call returns, whatever `limit` the caller passes."""
+
+BUSY_TIMEOUT_MS = 5_000
+"""How long a write waits for another connection's write lock before it fails."""
+
+_UINT32_MAX = 2**32 - 1
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_PREVIEW_CHARS = 60
+
+# Bucket counts are stored as little-endian uint32, 4 bytes per bucket. A blob has a fixed size
+# per window, decodes with one struct.unpack instead of a JSON parse on every load, and cannot
+# hold a negative or fractional count. The cost is the 2**32 - 1 limit per bucket, checked below.
+_COUNT_FORMAT = "<{}I"
+
+_GROUP_COLUMNS = (
+    "rule_id, group_key, window_s, bucket_s, counts, head_bucket, last_seen_at,"
+    " last_fired_at, last_notified_at, status, suppressed, position"
+)
+
+# The WHERE clause of the update is the position guard: a snapshot taken at an earlier input step
+# than the stored one never replaces it, so a late flush cannot undo a state that
+# record_transitions wrote ahead of the checkpoint.
+_UPSERT_GROUP = f"""
+INSERT INTO groups (tenant, rule_group, {_GROUP_COLUMNS})
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant, rule_group, rule_id, group_key) DO UPDATE SET
+    window_s = excluded.window_s,
+    bucket_s = excluded.bucket_s,
+    counts = excluded.counts,
+    head_bucket = excluded.head_bucket,
+    last_seen_at = excluded.last_seen_at,
+    last_fired_at = excluded.last_fired_at,
+    last_notified_at = excluded.last_notified_at,
+    status = excluded.status,
+    suppressed = excluded.suppressed,
+    position = excluded.position
+WHERE excluded.position >= groups.position
+"""
+
+# A forgotten group is deleted only when its row is not newer than the flush's checkpoint, for
+# the same reason as the upsert guard.
+_DELETE_GROUP = """
+DELETE FROM groups
+WHERE tenant = ? AND rule_group = ? AND rule_id = ? AND group_key = ? AND position <= ?
+"""
+
+_UPSERT_CHECKPOINT = """
+INSERT INTO checkpoints (tenant, rule_group, source, "offset", position, now, ticked, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant, rule_group) DO UPDATE SET
+    source = excluded.source,
+    "offset" = excluded."offset",
+    position = excluded.position,
+    now = excluded.now,
+    ticked = excluded.ticked,
+    updated_at = excluded.updated_at
+"""
+
+_INSERT_HISTORY = """
+INSERT INTO history
+    (tenant, rule_group, transition_id, at, rule_id, group_json, kind, count, details, delivered)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
+ON CONFLICT (tenant, transition_id) DO NOTHING
+"""
+
+_HISTORY_COLUMNS = (
+    "id, tenant, rule_group, transition_id, at, rule_id, group_json, kind, count, details,"
+    " delivered"
+)
+
+
+class SQLiteStore:
+    """StateStore on one SQLite database file, or on a private in-memory one for `":memory:"`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        """Connect, set the pragmas and apply pending migrations. A second call does nothing."""
+        if self._conn is not None:
+            return
+        with self._translate_errors("open"):
+            conn = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            with self._translate_errors("open"):
+                _configure(conn, self._path)
+            applied = self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        log.info(
+            "state store opened: path=%s schema_version=%d migrations_applied=%d",
+            self._path,
+            SCHEMA_VERSION,
+            applied,
+        )
+
+    async def close(self) -> None:
+        """Close the connection. Calling it on a closed store does nothing."""
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        with self._translate_errors("close"):
+            conn.close()
+        log.info("state store closed: path=%s", self._path)
+
+    async def load(self, tenant: str, rule_group: str) -> StoredState:
+        """Return every stored group snapshot of the rule group, by rule id, and its checkpoint."""
+        _check_scope(tenant, rule_group)
+        # One read transaction, so the groups and the checkpoint come from the same commit even
+        # while another process writes.
+        with self._transaction("load", "DEFERRED") as conn:
+            group_rows = conn.execute(
+                f"SELECT {_GROUP_COLUMNS} FROM groups WHERE tenant = ? AND rule_group = ?"
+                " ORDER BY rule_id, group_key",
+                (tenant, rule_group),
+            ).fetchall()
+            checkpoint_row = conn.execute(
+                'SELECT source, "offset", position, now, ticked FROM checkpoints'
+                " WHERE tenant = ? AND rule_group = ?",
+                (tenant, rule_group),
+            ).fetchone()
+
+        state = StoredState()
+        with _translate_decode_errors(tenant, rule_group):
+            for row in group_rows:
+                snapshot = _snapshot_from_row(row)
+                state.groups.setdefault(snapshot.rule_id, []).append(snapshot)
+            if checkpoint_row is not None:
+                state.checkpoint = _checkpoint_from_row(checkpoint_row)
+        return state
+
+    async def record_transitions(
+        self, tenant: str, rule_group: str, transitions: Sequence[Transition]
+    ) -> list[int]:
+        """Insert the history rows and upsert the snapshots of the transitions in one transaction.
+
+        Returns the history id of each transition, in order. A transition already recorded keeps
+        its row and returns that row's id, so a retry after a crash is harmless.
+        """
+        _check_scope(tenant, rule_group)
+        history_rows = [_history_params(tenant, rule_group, t) for t in transitions]
+        group_rows = [_snapshot_params(tenant, rule_group, t.snapshot) for t in transitions]
+        if not history_rows:
+            return []
+
+        ids: list[int] = []
+        with self._transaction("record_transitions") as conn:
+            for params in history_rows:
+                conn.execute(_INSERT_HISTORY, params)
+                transition_id = params[2]
+                row = conn.execute(
+                    "SELECT id FROM history WHERE tenant = ? AND transition_id = ?",
+                    (tenant, transition_id),
+                ).fetchone()
+                ids.append(row[0])
+            conn.executemany(_UPSERT_GROUP, group_rows)
+        return ids
+
+    async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
+        """Upsert the changed groups, delete the forgotten ones and store the checkpoint.
+
+        All three happen in one transaction, so a crash leaves this flush or the previous one.
+        """
+        _check_scope(tenant, rule_group)
+        group_rows = [_snapshot_params(tenant, rule_group, s) for s in batch.changed]
+        checkpoint_row = _checkpoint_params(tenant, rule_group, batch.checkpoint)
+        forgotten_rows = [
+            (tenant, rule_group, *_group_identity_params(rule_id, key), batch.checkpoint.position)
+            for rule_id, key in batch.forgotten
+        ]
+
+        with self._transaction("flush") as conn:
+            conn.executemany(_UPSERT_GROUP, group_rows)
+            conn.executemany(_DELETE_GROUP, forgotten_rows)
+            conn.execute(_UPSERT_CHECKPOINT, checkpoint_row)
+
+    async def undelivered(self, tenant: str, rule_group: str) -> list[HistoryRecord]:
+        """Return the history rows of the rule group not yet marked delivered, oldest id first."""
+        _check_scope(tenant, rule_group)
+        with self._translate_errors("undelivered"):
+            rows = self._connection().execute(
+                f"SELECT {_HISTORY_COLUMNS} FROM history"
+                " WHERE tenant = ? AND rule_group = ? AND delivered = 0 ORDER BY id",
+                (tenant, rule_group),
+            ).fetchall()
+        with _translate_decode_errors(tenant, rule_group):
+            return [_history_from_row(row) for row in rows]
+
+    async def mark_delivered(self, tenant: str, ids: Sequence[int]) -> None:
+        """Mark the tenant's history rows with these ids delivered, ignoring other tenants' ids."""
+        _check_text("tenant", tenant)
+        params = [(tenant, _check_int64("history id", history_id)) for history_id in ids]
+        if not params:
+            return
+        with self._transaction("mark_delivered") as conn:
+            conn.executemany(
+                "UPDATE history SET delivered = 1 WHERE tenant = ? AND id = ?", params
+            )
+
+    async def prune_history(self, tenant: str, before_s: float) -> int:
+        """Delete the tenant's delivered history rows older than `before_s` and return how many.
+
+        Undelivered rows stay whatever their age, because they are the outbox of notifications
+        that a sink has not yet accepted.
+        """
+        _check_text("tenant", tenant)
+        before_s = _check_time("before_s", before_s)
+        with self._transaction("prune_history") as conn:
+            cursor = conn.execute(
+                "DELETE FROM history WHERE tenant = ? AND delivered = 1 AND at < ?",
+                (tenant, before_s),
+            )
+            return cursor.rowcount
+
+    async def history(
+        self,
+        tenant: str,
+        *,
+        rule_id: str | None = None,
+        kind: str | None = None,
+        since_s: float | None = None,
+        until_s: float | None = None,
+        limit: int = 1000,
+    ) -> list[HistoryRecord]:
+        """Return the tenant's history rows with since_s <= at < until_s, ordered by at, then id.
+
+        Each filter left as None matches everything. At most min(limit, HISTORY_LIMIT_MAX) rows
+        are returned.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"invalid history limit {limit!r}: pass an integer of 1 or more")
+
+        # The clauses are fixed strings, and every value reaches SQLite as a bound parameter.
+        clauses = ["tenant = ?"]
+        params: list[Any] = [_check_text("tenant", tenant)]
+        if rule_id is not None:
+            clauses.append("rule_id = ?")
+            params.append(_check_text("rule_id", rule_id))
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(_check_text("kind", kind))
+        if since_s is not None:
+            clauses.append("at >= ?")
+            params.append(_check_time("since_s", since_s))
+        if until_s is not None:
+            clauses.append("at < ?")
+            params.append(_check_time("until_s", until_s))
+        params.append(min(limit, HISTORY_LIMIT_MAX))
+
+        sql = (
+            f"SELECT {_HISTORY_COLUMNS} FROM history WHERE {' AND '.join(clauses)}"
+            " ORDER BY at, id LIMIT ?"
+        )
+        with self._translate_errors("history"):
+            rows = self._connection().execute(sql, params).fetchall()
+        with _translate_decode_errors(tenant, None):
+            return [_history_from_row(row) for row in rows]
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"state store {self._path} is not open: call open() first")
+        return self._conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        """Apply the pending migration steps in one transaction and return how many ran."""
+        with self._translate_errors("migrate"):
+            if self._schema_version(conn) == SCHEMA_VERSION:
+                return 0
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Read again under the write lock: another process may have migrated meanwhile.
+                start = self._schema_version(conn)
+                for number in range(start + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[number - 1]:
+                        conn.execute(statement)
+                    # PRAGMA takes no bound parameters, so the int `number` is formatted in.
+                    conn.execute(f"PRAGMA user_version = {number:d}")
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        return SCHEMA_VERSION - start
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {self._path} has schema version {version}, newer than version"
+                f" {SCHEMA_VERSION} that this alertwarden supports: upgrade alertwarden or use"
+                " another database file"
+            )
+        return version
+
+    @contextmanager
+    def _transaction(self, action: str, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """Run the block in one transaction: commit when it returns, roll back when it raises.
+
+        IMMEDIATE takes the write lock at BEGIN, so a writer waits for it up to the busy timeout
+        instead of failing at its first write when another connection wrote in between.
+        """
+        conn = self._connection()
+        with self._translate_errors(action):
+            conn.execute(f"BEGIN {mode}")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+
+    @contextmanager
+    def _translate_errors(self, action: str) -> Iterator[None]:
+        """Turn driver errors into StoreError. This is the one place where that happens."""
+        try:
+            yield
+        except (sqlite3.Error, OverflowError) as exc:
+            raise StoreError(f"SQLite {action} failed on database {self._path}: {exc}") from exc
+
+
+def _configure(conn: sqlite3.Connection, path: str) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal" and path != ":memory:":
+        # Rollback-journal mode is still atomic, but readers then block the writer.
+        log.warning("state store could not enable WAL: path=%s journal_mode=%s", path, mode)
+    # With WAL, NORMAL syncs at WAL checkpoints, not at every commit (SQLite docs, PRAGMA
+    # synchronous). A committed transaction survives a killed process, but a power loss or OS
+    # crash can lose the last commits, though never leave a partial one. synchronous = FULL
+    # would close that gap at the cost of one fsync per flush.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        # The error that caused the rollback matters more, so it is the one that propagates.
+        log.error("state store rollback failed: error=%s", exc)
+
+
+@contextmanager
+def _translate_decode_errors(tenant: str, rule_group: str | None) -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, struct.error) as exc:
+        scope = f"tenant {_preview(tenant)}"
+        if rule_group is not None:
+            scope += f", rule group {_preview(rule_group)}"
+        raise StoreError(
+            f"stored row of {scope} is invalid: {exc}. The database was changed outside"
+            " alertwarden or is damaged. Restore it from a backup or delete it to start afresh"
+        ) from exc
+
+
+# Input checks. SQLite's text functions and comparisons stop at a NUL byte (length('a\0b') is 1),
+# and a lone surrogate cannot be encoded as UTF-8 at all, so both are rejected before any SQL
+# runs instead of being stored mangled.
+
+
+def _preview(value: str) -> str:
+    if len(value) <= _PREVIEW_CHARS:
+        return repr(value)
+    return f"{value[:_PREVIEW_CHARS]!r}... ({len(value)} characters)"
+
+
+def _check_text(field: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise StoreError(f"invalid {field} {value!r}: expected a string")
+    if "\x00" in value:
+        raise StoreError(
+            f"invalid {field} {_preview(value)}: contains a NUL byte, which SQLite text cannot"
+            " hold. Remove it from the input or the rule"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StoreError(
+            f"invalid {field} {_preview(value)}: not encodable as UTF-8 ({exc.reason})"
+        ) from exc
+    return value
+
+
+def _check_scope(tenant: str, rule_group: str) -> None:
+    _check_text("tenant", tenant)
+    _check_text("rule_group", rule_group)
+
+
+def _check_int64(field: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StoreError(f"invalid {field} {value!r}: expected an integer")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise StoreError(f"invalid {field} {value}: outside the signed 64-bit range of SQLite")
+    return value
+
+
+def _check_time(field: str, value: object) -> float:
+    # SQLite stores NaN as NULL, so a NaN would come back as a missing value.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StoreError(f"invalid {field} {value!r}: expected a finite number of UTC seconds")
+    return float(value)
+
+
+def _check_optional_time(field: str, value: object) -> float | None:
+    return None if value is None else _check_time(field, value)
+
+
+# Row codecs.
+
+
+def _encode_key(rule_id: str, key: GroupKey) -> str:
+    if not isinstance(key, tuple):
+        raise StoreError(
+            f"invalid group key {key!r} of rule {_preview(rule_id)}: expected a tuple"
+        )
+    for value in key:
+        if value is not None:
+            _check_text(f"group key value of rule {_preview(rule_id)}", value)
+    return orjson.dumps(list(key)).decode()
+
+
+def _decode_key(text: str) -> GroupKey:
+    values = orjson.loads(text)
+    if not isinstance(values, list) or not all(v is None or isinstance(v, str) for v in values):
+        raise ValueError(f"group_key {text[:_PREVIEW_CHARS]!r} is not a JSON array of strings")
+    return tuple(values)
+
+
+def _group_identity_params(rule_id: str, key: GroupKey) -> tuple[str, str]:
+    _check_text("rule_id", rule_id)
+    return rule_id, _encode_key(rule_id, key)
+
+
+def _encode_counts(rule_id: str, counts: tuple[int, ...]) -> bytes:
+    for count in counts:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _UINT32_MAX:
+            raise StoreError(
+                f"invalid bucket count {count!r} of rule {_preview(rule_id)}: expected an integer"
+                f" from 0 to {_UINT32_MAX}"
+            )
+    return struct.pack(_COUNT_FORMAT.format(len(counts)), *counts)
+
+
+def _decode_counts(blob: bytes) -> tuple[int, ...]:
+    return struct.unpack(_COUNT_FORMAT.format(len(blob) // 4), blob)
+
+
+def _snapshot_params(tenant: str, rule_group: str, snapshot: GroupSnapshot) -> tuple[Any, ...]:
+    rule_id, group_key = _group_identity_params(snapshot.rule_id, snapshot.key)
+    if not isinstance(snapshot.suppressed, bool):
+        raise StoreError(
+            f"invalid suppressed {snapshot.suppressed!r} of rule {_preview(rule_id)}:"
+            " expected True or False"
+        )
+    try:
+        status = GroupStatus(snapshot.status).value
+    except ValueError as exc:
+        raise StoreError(
+            f"invalid status {snapshot.status!r} of rule {_preview(rule_id)}: expected one of"
+            f" {[s.value for s in GroupStatus]}"
+        ) from exc
+    return (
+        tenant,
+        rule_group,
+        rule_id,
+        group_key,
+        _check_int64("window_s", snapshot.window_s),
+        _check_int64("bucket_s", snapshot.bucket_s),
+        _encode_counts(rule_id, snapshot.counts),
+        _check_int64("head_bucket", snapshot.head_bucket),
+        _check_time("last_seen_at", snapshot.last_seen_at),
+        _check_optional_time("last_fired_at", snapshot.last_fired_at),
+        _check_optional_time("last_notified_at", snapshot.last_notified_at),
+        status,
+        int(snapshot.suppressed),
+        _check_int64("position", snapshot.position),
+    )
+
+
+def _snapshot_from_row(row: tuple[Any, ...]) -> GroupSnapshot:
+    (
+        rule_id,
+        group_key,
+        window_s,
+        bucket_s,
+        counts,
+        head_bucket,
+        last_seen_at,
+        last_fired_at,
+        last_notified_at,
+        status,
+        suppressed,
+        position,
+    ) = row
+    return GroupSnapshot(
+        rule_id=rule_id,
+        key=_decode_key(group_key),
+        window_s=window_s,
+        bucket_s=bucket_s,
+        counts=_decode_counts(counts),
+        head_bucket=head_bucket,
+        last_seen_at=last_seen_at,
+        last_fired_at=last_fired_at,
+        last_notified_at=last_notified_at,
+        status=GroupStatus(status),
+        suppressed=bool(suppressed),
+        position=position,
+    )
+
+
+def _checkpoint_params(tenant: str, rule_group: str, checkpoint: Checkpoint) -> tuple[Any, ...]:
+    for rule_id, bucket in checkpoint.ticked.items():
+        _check_text("ticked rule_id", rule_id)
+        _check_int64(f"ticked bucket of rule {_preview(rule_id)}", bucket)
+    return (
+        tenant,
+        rule_group,
+        _check_text("checkpoint source", checkpoint.source),
+        _check_int64("checkpoint offset", checkpoint.offset),
+        _check_int64("checkpoint position", checkpoint.position),
+        _check_optional_time("checkpoint now", checkpoint.now),
+        orjson.dumps(checkpoint.ticked).decode(),
+        time.time(),
+    )
+
+
+def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
+    source, offset, position, now, ticked = row
+    ticked_map = orjson.loads(ticked)
+    if not isinstance(ticked_map, dict):
+        raise ValueError(f"checkpoint ticked {ticked[:_PREVIEW_CHARS]!r} is not a JSON object")
+    return Checkpoint(source=source, offset=offset, position=position, now=now, ticked=ticked_map)
+
+
+def _history_params(tenant: str, rule_group: str, transition: Transition) -> tuple[Any, ...]:
+    rule_id = _check_text("rule_id", transition.rule_id)
+    snapshot = transition.snapshot
+    if snapshot.rule_id != rule_id or snapshot.key != transition.key:
+        raise StoreError(
+            f"transition of rule {_preview(rule_id)} carries the snapshot of another group"
+            f" (rule {_preview(snapshot.rule_id)}, key {snapshot.key!r}). The snapshot must be"
+            " of the transition's own rule and key"
+        )
+    for field_name, value in transition.group:
+        _check_text(f"group field name of rule {_preview(rule_id)}", field_name)
+        if value is not None:
+            _check_text(f"group value of rule {_preview(rule_id)}", value)
+    at = _check_time("transition at", transition.at)
+    try:
+        kind = TransitionKind(transition.kind).value
+    except ValueError as exc:
+        raise StoreError(
+            f"invalid transition kind {transition.kind!r} of rule {_preview(rule_id)}: expected"
+            f" one of {[k.value for k in TransitionKind]}"
+        ) from exc
+
+    try:
+        details = transition.as_dict()
+    except (OverflowError, OSError, ValueError) as exc:
+        raise StoreError(
+            f"invalid transition at {at!r} of rule {_preview(rule_id)}: not a representable UTC"
+            f" time ({exc})"
+        ) from exc
+    details["captures"] = transition.captures
+    try:
+        # Captures come from event fields and may hold any type, so unknown types are stored as
+        # their str() instead of failing the transition.
+        details_json = orjson.dumps(details, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise StoreError(
+            f"details of a transition of rule {_preview(rule_id)} cannot be encoded as JSON: {exc}"
+        ) from exc
+
+    return (
+        tenant,
+        rule_group,
+        transition.transition_id(tenant, rule_group),
+        at,
+        rule_id,
+        orjson.dumps(dict(transition.group)).decode(),
+        kind,
+        _check_int64("transition count", transition.count),
+        details_json.decode(),
+    )
+
+
+def _history_from_row(row: tuple[Any, ...]) -> HistoryRecord:
+    (
+        history_id,
+        tenant,
+        rule_group,
+        transition_id,
+        at,
+        rule_id,
+        group_json,
+        kind,
+        count,
+        details,
+        delivered,
+    ) = row
+    return HistoryRecord(
+        id=history_id,
+        tenant=tenant,
+        rule_group=rule_group,
+        transition_id=transition_id,
+        at=at,
+        rule_id=rule_id,
+        group=orjson.loads(group_json),
+        kind=kind,
+        count=count,
+        details=orjson.loads(details),
+        delivered=bool(delivered),
+    )
