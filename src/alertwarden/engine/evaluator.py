@@ -4,9 +4,11 @@ Everything here is pure: no I/O, no wall clock. The caller passes event times, a
 `now`, so tests drive it with a fake clock. docs/semantics.md is the contract this file follows.
 
 Input steps: every input record has an offset (byte offset or stream sequence). The boundary
-ticks a record triggers run at step 2 * offset and the record itself at step 2 * offset + 1.
-Restored groups whose stored state is ahead of the checkpoint are frozen until the replay passes
-their step, which is how a state written at a transition is never counted twice.
+ticks a record triggers run at step base + 2 * offset and the record itself at the step after.
+`base` is constant while an input is replayed and moves above every stored position when the
+input cannot be replayed (stdin, a replaced file), so positions never go backwards. Restored
+groups whose stored state is ahead of the checkpoint are frozen until the replay passes their
+step, which is how a state written at a transition is never counted twice.
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ class Evaluator:
         self._orphans: list[tuple[str, GroupKey]] = []
         # Step of the work in progress; a transition snapshots its group with it as position.
         self._step = 0
+        self._position_base = 0
 
     # ----------------------------------------------------------------- clock
 
@@ -179,7 +182,7 @@ class Evaluator:
         out: list[Transition] = []
         if self.now is not None and now_s <= self.now:
             return out
-        step = 2 * offset
+        step = self._position_base + 2 * offset
         for state in self._states:
             target = int(now_s // state.bucket_s)
             if state.ticked is None:
@@ -229,7 +232,7 @@ class Evaluator:
             out.extend(self.advance(time_s, offset))
         states = self._events_states if event.signal is Signal.EVENTS else self._logs_states
         fields = event.fields
-        step = 2 * offset + 1
+        step = self._position_base + 2 * offset + 1
         self._step = step
         matched_any = False
         for state in states:
@@ -490,7 +493,7 @@ class Evaluator:
         Frozen groups are left out: their stored state is newer than anything the replay has
         rebuilt so far.
         """
-        position = 2 * offset
+        position = self._position_base + 2 * offset
         changed: list[GroupSnapshot] = []
         forgotten: list[tuple[str, GroupKey]] = []
         for state in self._states:
@@ -510,7 +513,11 @@ class Evaluator:
         """Return the checkpoint for a flush taken before the record at `offset` is applied."""
         ticked = {s.rule.id: s.ticked for s in self._states if s.ticked is not None}
         return Checkpoint(
-            source=source, offset=offset, position=2 * offset, now=self.now, ticked=ticked
+            source=source,
+            offset=offset,
+            position=self._position_base + 2 * offset,
+            now=self.now,
+            ticked=ticked,
         )
 
     def restore(
@@ -534,6 +541,12 @@ class Evaluator:
                 state.now_bucket = int(checkpoint.now // state.bucket_s)
                 state.ticked = checkpoint.ticked.get(state.rule.id, state.now_bucket)
         base_position = checkpoint.position if checkpoint is not None else -1
+        if replay and checkpoint is not None:
+            self._position_base = checkpoint.position - 2 * checkpoint.offset
+        elif not replay:
+            # Offsets start again at 0, so start positions above everything stored.
+            stored = [snap.position for snaps in groups.values() for snap in snaps]
+            self._position_base = max([base_position, *stored]) + 2
         for rule_id, snapshots in groups.items():
             state = self._by_id.get(rule_id)
             if state is None:

@@ -101,10 +101,10 @@ class Transition:
     def key(self) -> GroupKey:
         return tuple(value for _, value in self.group)
 
-    def transition_id(self, tenant: str) -> str:
+    def transition_id(self, tenant: str, rule_group: str) -> str:
         """Return a stable id for deduplicating deliveries of this transition."""
         raw = orjson.dumps(
-            [tenant, self.rule_id, list(self.key), self.kind.value, round(self.at, 6)]
+            [tenant, rule_group, self.rule_id, list(self.key), self.kind.value, round(self.at, 6)]
         )
         return hashlib.sha256(raw).hexdigest()[:32]
 
