@@ -1,0 +1,582 @@
+"""The `match` filter of a rule, compiled once into closures.
+
+Every event meets every rule, so the YAML tree is turned into nested closures at load time and
+evaluating a filter never looks at the tree again. A subtree without named regex groups compiles
+to a plain predicate; only subtrees that can produce captures build dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alertwarden.events import FieldPath
+
+Fields = dict[str, Any]
+Captures = dict[str, object]
+Predicate = Callable[[Any], bool]
+Matcher = Callable[[Fields], Captures | None]
+
+NO_CAPTURES: Captures = {}
+"""The shared result of a match without captures. Callers must not mutate it."""
+
+REGEX_INPUT_MAX_CHARS = 65_536
+"""Maximum characters of a value that a regex searches, which bounds the cost of one search."""
+
+MAX_FILTER_DEPTH = 32
+MAX_FILTER_NODES = 1_000
+_MAX_NUMERIC_STRING_CHARS = 64
+
+STRING_OPERATORS = ("equals", "in", "contains", "prefix", "regex")
+NUMBER_OPERATORS = ("gt", "gte", "lt", "lte")
+OPERATORS = (*STRING_OPERATORS, "exists", *NUMBER_OPERATORS)
+COMBINATORS = ("all", "any", "not")
+
+_COMPARISONS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "gt": (operator.gt, ">"),
+    "gte": (operator.ge, ">="),
+    "lt": (operator.lt, "<"),
+    "lte": (operator.le, "<="),
+}
+
+
+class FilterError(ValueError):
+    """A match filter is invalid. `location` is the path inside `match`, such as `all[1].regex`."""
+
+    def __init__(self, location: str, message: str) -> None:
+        super().__init__(f"{location or 'match'}: {message}")
+        self.location = location
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledFilter:
+    """A compiled match filter.
+
+    `matcher` returns None when the event does not match, otherwise the regex captures.
+    `capture_names` are the named groups of every regex in the filter. `description` is the
+    filter in words, one line per condition, indented by nesting.
+    """
+
+    matcher: Matcher
+    capture_names: frozenset[str]
+    description: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    test: Callable[[Fields], bool]
+    capture: Matcher | None
+    capture_names: frozenset[str]
+    words: tuple[str, ...]
+
+
+def compile_filter(tree: dict[str, Any] | None) -> CompiledFilter:
+    """Compile a match filter tree; None matches every event. Raises FilterError."""
+    if tree is None:
+        return CompiledFilter(_match_all, frozenset(), ("every event",))
+    node = _FilterCompiler().compile(tree, "", 0)
+    if node.capture is not None:
+        matcher = node.capture
+    else:
+        test = node.test
+
+        def matcher(fields: Fields) -> Captures | None:
+            return NO_CAPTURES if test(fields) else None
+
+    return CompiledFilter(matcher, node.capture_names, node.words)
+
+
+def _match_all(fields: Fields) -> Captures | None:
+    return NO_CAPTURES
+
+
+def parse_number(value: str) -> int | float | None:
+    """Return the number a string spells (ASCII digits, optional sign, decimals or exponent), else None."""
+    text = value.strip()
+    if not text or len(text) > _MAX_NUMERIC_STRING_CHARS or not text.isascii():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def is_number(value: object) -> bool:
+    """Tell whether a value is an int or a finite float; bool is not a number."""
+    if type(value) is bool:
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+class _FilterCompiler:
+    """Compiler of one filter tree. It counts nodes because YAML aliases can expand a small file into a huge tree."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+
+    def compile(self, tree: object, location: str, depth: int) -> _Node:
+        self.nodes += 1
+        if self.nodes > MAX_FILTER_NODES:
+            raise FilterError(location, f"filter has more than {MAX_FILTER_NODES} conditions")
+        if depth > MAX_FILTER_DEPTH:
+            raise FilterError(location, f"filter is nested deeper than {MAX_FILTER_DEPTH} levels")
+        if not isinstance(tree, dict):
+            raise FilterError(
+                location,
+                f"expected a mapping such as {{field: PATH, equals: VALUE}} or {{all: [...]}}, "
+                f"got {_show(tree)}",
+            )
+        combinators = [key for key in COMBINATORS if key in tree]
+        if combinators:
+            return self._compile_combinator(tree, combinators, location, depth)
+        return _compile_condition(tree, location)
+
+    def _compile_combinator(
+        self, tree: dict[str, Any], combinators: list[str], location: str, depth: int
+    ) -> _Node:
+        if len(tree) != 1:
+            extra = ", ".join(sorted(str(key) for key in tree if key != combinators[0]))
+            raise FilterError(
+                location,
+                f"'{combinators[0]}' must be the only key of its mapping, found also: {extra}",
+            )
+        kind = combinators[0]
+        body = tree[kind]
+        if kind == "not":
+            return _negate(self.compile(body, _join(location, "not"), depth + 1))
+        if not isinstance(body, list) or not body:
+            raise FilterError(
+                _join(location, kind), f"expected a non-empty list of conditions, got {_show(body)}"
+            )
+        children = [
+            self.compile(child, f"{_join(location, kind)}[{index}]", depth + 1)
+            for index, child in enumerate(body)
+        ]
+        return _conjoin(children) if kind == "all" else _disjoin(children)
+
+
+def _join(location: str, key: str) -> str:
+    return f"{location}.{key}" if location else key
+
+
+def _show(value: object) -> str:
+    """Quote a value for an error message, shortened to 80 characters."""
+    text = _quote(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _quote(value: object) -> str:
+    """Quote a value in full, for the description an operator reads to check the rule."""
+    return json.dumps(value, default=repr, ensure_ascii=False)
+
+
+# Combinators
+
+
+def _negate(child: _Node) -> _Node:
+    inner = child.test
+
+    def test(fields: Fields) -> bool:
+        return not inner(fields)
+
+    return _Node(test, None, frozenset(), ("not:", *_indent(child.words)))
+
+
+def _conjoin(children: list[_Node]) -> _Node:
+    words = ("all of:", *_indent_items(children))
+    names = frozenset().union(*(child.capture_names for child in children))
+    test = _all_test([child.test for child in children])
+    if not names:
+        return _Node(test, None, names, words)
+
+    # Plain predicates run first: they are cheaper and can reject before any dict is built.
+    plain = _all_test([child.test for child in children if child.capture is None])
+    capturers = [child.capture for child in children if child.capture is not None]
+
+    def capture(fields: Fields) -> Captures | None:
+        if not plain(fields):
+            return None
+        merged: Captures | None = None
+        for capturer in capturers:
+            found = capturer(fields)
+            if found is None:
+                return None
+            if found:
+                merged = found if merged is None else {**merged, **found}
+        return NO_CAPTURES if merged is None else merged
+
+    return _Node(test, capture, names, words)
+
+
+def _disjoin(children: list[_Node]) -> _Node:
+    words = ("any of:", *_indent_items(children))
+    names = frozenset().union(*(child.capture_names for child in children))
+    test = _any_test([child.test for child in children])
+    if not names:
+        return _Node(test, None, names, words)
+
+    branches = [(child.test, child.capture) for child in children]
+
+    def capture(fields: Fields) -> Captures | None:
+        # The first branch that matches, in the order written, supplies the captures.
+        for branch_test, branch_capture in branches:
+            if branch_capture is None:
+                if branch_test(fields):
+                    return NO_CAPTURES
+                continue
+            found = branch_capture(fields)
+            if found is not None:
+                return found
+        return None
+
+    return _Node(test, capture, names, words)
+
+
+def _all_test(tests: Sequence[Callable[[Fields], bool]]) -> Callable[[Fields], bool]:
+    # Fixed arities avoid a loop per event for the common small filters.
+    if not tests:
+        return lambda fields: True
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda fields: first(fields) and second(fields)
+    if len(tests) == 3:
+        first, second, third = tests
+        return lambda fields: first(fields) and second(fields) and third(fields)
+    all_tests = tuple(tests)
+
+    def test(fields: Fields) -> bool:
+        for one in all_tests:
+            if not one(fields):
+                return False
+        return True
+
+    return test
+
+
+def _any_test(tests: Sequence[Callable[[Fields], bool]]) -> Callable[[Fields], bool]:
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda fields: first(fields) or second(fields)
+    any_tests = tuple(tests)
+
+    def test(fields: Fields) -> bool:
+        for one in any_tests:
+            if one(fields):
+                return True
+        return False
+
+    return test
+
+
+def _indent(lines: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"  {line}" for line in lines)
+
+
+def _indent_items(children: list[_Node]) -> list[str]:
+    lines: list[str] = []
+    for child in children:
+        first, *rest = child.words
+        lines.append(f"  - {first}")
+        lines.extend(f"    {line}" for line in rest)
+    return lines
+
+
+# Conditions
+
+
+def _compile_condition(tree: dict[str, Any], location: str) -> _Node:
+    path = _read_path(tree, location)
+    case_sensitive = _read_case_sensitive(tree, location)
+    op = _read_operator(tree, location)
+    op_location = _join(location, op)
+    value = tree[op]
+    if case_sensitive and op not in STRING_OPERATORS:
+        raise FilterError(
+            _join(location, "case_sensitive"),
+            f"case_sensitive applies only to {', '.join(STRING_OPERATORS)}, not to '{op}'",
+        )
+
+    if op == "exists":
+        return _compile_exists(path, value, op_location)
+    if op == "regex":
+        return _compile_regex(path, value, case_sensitive, op_location)
+    element_test, words = _compile_element_test(op, value, case_sensitive, op_location)
+    suffix = " (case-sensitive)" if case_sensitive else ""
+    return _Node(_field_test(path, element_test), None, frozenset(), (f"{path.text} {words}{suffix}",))
+
+
+def _read_path(tree: dict[str, Any], location: str) -> FieldPath:
+    if "field" not in tree:
+        raise FilterError(
+            location,
+            f"condition has no 'field'; write {{field: PATH, OPERATOR: VALUE}} or use "
+            f"{', '.join(COMBINATORS)}, got {_show(tree)}",
+        )
+    text = tree["field"]
+    if not isinstance(text, str):
+        raise FilterError(_join(location, "field"), f"expected a dotted field path, got {_show(text)}")
+    try:
+        return FieldPath(text)
+    except ValueError as error:
+        raise FilterError(_join(location, "field"), str(error)) from None
+
+
+def _read_case_sensitive(tree: dict[str, Any], location: str) -> bool:
+    flag = tree.get("case_sensitive", False)
+    if not isinstance(flag, bool):
+        raise FilterError(_join(location, "case_sensitive"), f"expected true or false, got {_show(flag)}")
+    return flag
+
+
+def _read_operator(tree: dict[str, Any], location: str) -> str:
+    unknown = [key for key in tree if key not in OPERATORS and key not in ("field", "case_sensitive")]
+    if unknown:
+        raise FilterError(
+            _join(location, str(unknown[0])),
+            f"unknown operator {str(unknown[0])!r}; use one of: {', '.join(OPERATORS)}, "
+            f"or combine conditions with {', '.join(COMBINATORS)}",
+        )
+    found = [key for key in OPERATORS if key in tree]
+    if not found:
+        raise FilterError(location, f"condition on {tree['field']!r} has no operator; add one of: {', '.join(OPERATORS)}")
+    if len(found) > 1:
+        raise FilterError(
+            location,
+            f"condition has {len(found)} operators ({', '.join(found)}); use exactly one per "
+            "condition and combine conditions with all",
+        )
+    return found[0]
+
+
+def _field_test(path: FieldPath, element_test: Predicate) -> Callable[[Fields], bool]:
+    get = path.get
+
+    def test(fields: Fields) -> bool:
+        value = get(fields)
+        if value is None:
+            return False
+        if type(value) is list:
+            return any(map(element_test, value))
+        return element_test(value)
+
+    return test
+
+
+def _compile_exists(path: FieldPath, expected: object, location: str) -> _Node:
+    if not isinstance(expected, bool):
+        raise FilterError(location, f"expected true or false, got {_show(expected)}")
+    get = path.get
+    if expected:
+        words = f"{path.text} is present"
+
+        def test(fields: Fields) -> bool:
+            return get(fields) is not None
+
+    else:
+        words = f"{path.text} is absent or null"
+
+        def test(fields: Fields) -> bool:
+            return get(fields) is None
+
+    return _Node(test, None, frozenset(), (words,))
+
+
+def _compile_element_test(
+    op: str, value: object, case_sensitive: bool, location: str
+) -> tuple[Predicate, str]:
+    if op == "equals":
+        return _compile_equals(value, case_sensitive, location)
+    if op == "in":
+        return _compile_in(value, case_sensitive, location)
+    if op in ("contains", "prefix"):
+        return _compile_substring(op, value, case_sensitive, location)
+    return _compile_comparison(op, value, location)
+
+
+def _compile_equals(value: object, case_sensitive: bool, location: str) -> tuple[Predicate, str]:
+    if isinstance(value, bool):
+        return (lambda candidate: candidate is value), f"is {_quote(value)}"
+    if is_number(value):
+        return _number_equals(value), f"equals {_quote(value)} (as a number)"  # type: ignore[arg-type]
+    if isinstance(value, str):
+        if case_sensitive:
+            return (lambda candidate: candidate == value), f"equals {_quote(value)}"
+        folded = value.casefold()
+        return (
+            lambda candidate: isinstance(candidate, str) and candidate.casefold() == folded
+        ), f"equals {_quote(value)} (ignoring case)"
+    raise FilterError(
+        location,
+        f"expected a string, number or boolean, got {_show(value)}; use 'in' for a list of values "
+        "and 'exists: false' for a missing field",
+    )
+
+
+def _number_equals(expected: int | float) -> Predicate:
+    def test(candidate: Any) -> bool:
+        if type(candidate) is bool:
+            return False
+        if isinstance(candidate, (int, float)):
+            return candidate == expected
+        if isinstance(candidate, str):
+            number = parse_number(candidate)
+            return number is not None and number == expected
+        return False
+
+    return test
+
+
+def _compile_in(values: object, case_sensitive: bool, location: str) -> tuple[Predicate, str]:
+    if not isinstance(values, list) or not values:
+        raise FilterError(location, f"expected a non-empty list of values, got {_show(values)}")
+    strings: set[str] = set()
+    numbers: set[int | float] = set()
+    booleans: set[bool] = set()
+    for index, item in enumerate(values):
+        if isinstance(item, bool):
+            booleans.add(item)
+        elif is_number(item):
+            numbers.add(item)  # type: ignore[arg-type]
+        elif isinstance(item, str):
+            strings.add(item if case_sensitive else item.casefold())
+        else:
+            raise FilterError(
+                f"{location}[{index}]", f"expected a string, number or boolean, got {_show(item)}"
+            )
+    test = _membership_test(frozenset(strings), frozenset(numbers), frozenset(booleans), case_sensitive)
+    case_words = "" if case_sensitive or not strings else " (ignoring case)"
+    return test, f"is one of {_quote(values)}{case_words}"
+
+
+def _membership_test(
+    strings: frozenset[str], numbers: frozenset[int | float], booleans: frozenset[bool], case_sensitive: bool
+) -> Predicate:
+    def test(candidate: Any) -> bool:
+        if isinstance(candidate, str):
+            if (candidate if case_sensitive else candidate.casefold()) in strings:
+                return True
+            if not numbers:
+                return False
+            number = parse_number(candidate)
+            return number is not None and number in numbers
+        # bool is checked before int because True == 1 would otherwise find 1 in `numbers`.
+        if type(candidate) is bool:
+            return candidate in booleans
+        if isinstance(candidate, (int, float)):
+            return candidate in numbers
+        return False
+
+    return test
+
+
+def _compile_substring(
+    op: str, value: object, case_sensitive: bool, location: str
+) -> tuple[Predicate, str]:
+    if not isinstance(value, str) or not value:
+        raise FilterError(location, f"expected a non-empty string, got {_show(value)}")
+    if op == "contains":
+        return _contains_test(value, case_sensitive), _case_words(f"contains {_quote(value)}", case_sensitive)
+    return _prefix_test(value, case_sensitive), _case_words(f"starts with {_quote(value)}", case_sensitive)
+
+
+def _case_words(words: str, case_sensitive: bool) -> str:
+    return words if case_sensitive else f"{words} (ignoring case)"
+
+
+def _contains_test(needle: str, case_sensitive: bool) -> Predicate:
+    if case_sensitive:
+        return lambda candidate: isinstance(candidate, str) and needle in candidate
+    folded = needle.casefold()
+    return lambda candidate: isinstance(candidate, str) and folded in candidate.casefold()
+
+
+def _prefix_test(prefix: str, case_sensitive: bool) -> Predicate:
+    if case_sensitive:
+        return lambda candidate: isinstance(candidate, str) and candidate.startswith(prefix)
+    folded = prefix.casefold()
+    # casefold maps each character on its own to one or more characters, so the first
+    # len(folded) characters of the value are enough to decide, whatever its length.
+    size = len(folded)
+    return lambda candidate: isinstance(candidate, str) and candidate[:size].casefold().startswith(folded)
+
+
+def _compile_comparison(op: str, value: object, location: str) -> tuple[Predicate, str]:
+    if not is_number(value):
+        raise FilterError(location, f"expected a number, got {_show(value)}")
+    compare, symbol = _COMPARISONS[op]
+
+    def test(candidate: Any) -> bool:
+        if type(candidate) is bool:
+            return False
+        if isinstance(candidate, (int, float)):
+            return compare(candidate, value)
+        if isinstance(candidate, str):
+            number = parse_number(candidate)
+            return number is not None and compare(number, value)
+        return False
+
+    return test, f"{symbol} {_quote(value)}"
+
+
+def _compile_regex(path: FieldPath, value: object, case_sensitive: bool, location: str) -> _Node:
+    if not isinstance(value, str) or not value:
+        raise FilterError(location, f"expected a non-empty regular expression string, got {_show(value)}")
+    try:
+        pattern = re.compile(value, 0 if case_sensitive else re.IGNORECASE)
+    except re.error as error:
+        raise FilterError(location, f"invalid regex {_show(value)}: {error}") from None
+    search = pattern.search
+    limit = REGEX_INPUT_MAX_CHARS
+
+    def element_test(candidate: Any) -> bool:
+        return isinstance(candidate, str) and search(candidate[:limit]) is not None
+
+    words = _case_words(f"{path.text} matches regex {_quote(value)}", case_sensitive)
+    test = _field_test(path, element_test)
+    names = frozenset(pattern.groupindex)
+    if not names:
+        return _Node(test, None, names, (words,))
+    return _Node(test, _regex_capture(path, search, limit), names, (words,))
+
+
+def _regex_capture(path: FieldPath, search: Callable[[str], re.Match[str] | None], limit: int) -> Matcher:
+    get = path.get
+
+    def captures_of(candidate: Any) -> Captures | None:
+        if not isinstance(candidate, str):
+            return None
+        found = search(candidate[:limit])
+        if found is None:
+            return None
+        # Groups that took no part in the match are left out, so they render as missing.
+        groups = {name: text for name, text in found.groupdict().items() if text is not None}
+        return groups or NO_CAPTURES
+
+    def capture(fields: Fields) -> Captures | None:
+        value = get(fields)
+        if type(value) is list:
+            for element in value:
+                found = captures_of(element)
+                if found is not None:
+                    return found
+            return None
+        return captures_of(value)
+
+    return capture
