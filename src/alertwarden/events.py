@@ -49,36 +49,39 @@ class FieldPath:
     segment. A path never evaluates code.
     """
 
-    __slots__ = ("text", "_parts", "_simple")
+    __slots__ = ("text", "_candidates", "_simple")
 
     def __init__(self, text: str) -> None:
         if not text or text.startswith(".") or text.endswith(".") or ".." in text:
             raise ValueError(f"invalid field path {text!r}: use names separated by single dots")
         self.text = text
-        self._parts = tuple(text.split("."))
-        self._simple = len(self._parts) == 1
+        parts = text.split(".")
+        self._simple = len(parts) == 1
+        # For each segment index, the literal keys that can start there, longest first, with
+        # the index after each; built once because lookups run per event and per rule.
+        self._candidates = tuple(
+            tuple((".".join(parts[start:end]), end) for end in range(len(parts), start, -1))
+            for start in range(len(parts))
+        )
 
     def get(self, fields: dict[str, Any], default: Any = None) -> Any:
         """Return the value at this path, or `default` when any step is missing."""
         if self._simple:
             return fields.get(self.text, default)
-        return _lookup(fields, self._parts, default)
+        node: Any = fields
+        index = 0
+        candidates = self._candidates
+        while index < len(candidates):
+            if not isinstance(node, dict):
+                return default
+            for key, next_index in candidates[index]:
+                if key in node:
+                    node = node[key]
+                    index = next_index
+                    break
+            else:
+                return default
+        return node
 
     def __repr__(self) -> str:
         return f"FieldPath({self.text!r})"
-
-
-def _lookup(node: Any, parts: tuple[str, ...], default: Any) -> Any:
-    while parts:
-        if not isinstance(node, dict):
-            return default
-        # Longest literal key first, so `host.name` inside `attributes` is found as one key.
-        for cut in range(len(parts), 0, -1):
-            key = parts[0] if cut == 1 else ".".join(parts[:cut])
-            if key in node:
-                node = node[key]
-                parts = parts[cut:]
-                break
-        else:
-            return default
-    return node
