@@ -27,7 +27,6 @@ from alertwarden.sinks.stdout import (
     ConsoleSink,
     JsonLinesSink,
     format_console_line,
-    format_duration,
 )
 from alertwarden.sinks.webhook import WebhookSink, parse_retry_after_s, redact_url
 
@@ -169,15 +168,6 @@ def test_console_line_no_group() -> None:
     line = format_console_line(make_notification(group={}, annotations={}))
 
     assert line == "2024-03-05T10:00:20Z FIRED        ssh-brute  count=5/5 in 10m  SSH brute force"
-
-
-@pytest.mark.parametrize(
-    ("duration_s", "expected"),
-    [(600, "10m"), (90, "90s"), (0, "0s"), (3600, "1h"), (5400, "90m"), (86400, "1d"),
-     (172800, "2d"), (7200, "2h"), (1.5, "1.5s"), (59, "59s")],
-)
-def test_format_duration_cases(duration_s: float, expected: str) -> None:
-    assert format_duration(duration_s) == expected
 
 
 class _BrokenStream(io.StringIO):

@@ -9,6 +9,7 @@ import orjson
 from rich.console import Console
 from rich.text import Text
 
+from alertwarden.rules.durations import format_duration
 from alertwarden.engine.records import format_time
 from alertwarden.errors import SinkError
 from alertwarden.sinks.base import Notification
@@ -28,20 +29,6 @@ _MISSING_VALUE = "<missing>"
 _CONTROL_ESCAPES = {
     code: f"\\x{code:02x}" for code in [*range(0x00, 0x20), *range(0x7F, 0xA0)]
 } | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
-
-_DURATION_UNITS_S = (("d", 86_400), ("h", 3_600), ("m", 60))
-
-
-def format_duration(duration_s: float) -> str:
-    """Format seconds with the largest unit that divides them exactly: 600 -> 10m, 90 -> 90s."""
-    if duration_s != int(duration_s):
-        return f"{duration_s:g}s"
-    whole_s = int(duration_s)
-    for suffix, unit_s in _DURATION_UNITS_S:
-        if whole_s and whole_s % unit_s == 0:
-            return f"{whole_s // unit_s}{suffix}"
-    return f"{whole_s}s"
-
 
 def escape_control(text: str) -> str:
     """Replace control characters (newline, tab, ESC and others) with backslash escapes."""
