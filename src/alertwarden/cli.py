@@ -1,0 +1,394 @@
+"""Command-line interface: `alertwarden run`, `alertwarden backtest`, `alertwarden rules check`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator, RuleStats
+from alertwarden.errors import AlertwardenError, ConfigError
+from alertwarden.logs import configure_logging, get_logger
+from alertwarden.pipeline import RuleGroupPipeline
+from alertwarden.rules import CompiledRule, explain_rules, format_duration, load_rules_file, parse_duration
+from alertwarden.runner import InputRunner, ProgressReporter
+from alertwarden.sinks.base import Notification, Sink
+from alertwarden.sinks.fanout import FanoutSink
+from alertwarden.sinks.stdout import ConsoleSink, JsonLinesSink
+from alertwarden.sinks.webhook import WebhookSink
+from alertwarden.sources.files import FileInput, StdinInput
+from alertwarden.sources.formats import make_parser
+from alertwarden.sources.lines import DEFAULT_MAX_LINE_BYTES
+from alertwarden.store.sqlite import SQLiteStore
+
+app = typer.Typer(
+    help="Stateful threshold alerts over log and security-event streams.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+rules_app = typer.Typer(help="Validate and explain rule files.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+log = get_logger(__name__)
+
+DEFAULT_STATE_FILE = "alertwarden.sqlite"
+
+RulesOption = Annotated[Path, typer.Option("--rules", help="YAML file with the rules.")]
+FormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="Input format: auto, json, otel, ocsf, syslog or regex. auto tells JSON from syslog per line.",
+    ),
+]
+PatternOption = Annotated[
+    str | None,
+    typer.Option("--pattern", help="For --format regex: a regex with named groups, one of them 'timestamp'."),
+]
+TimeFormatOption = Annotated[
+    str | None,
+    typer.Option("--time-format", help="For --format regex: strptime format of the timestamp group."),
+]
+YearOption = Annotated[
+    int | None,
+    typer.Option("--year", help="Year for RFC 3164 syslog timestamps, which carry none. Default: this year."),
+]
+TimezoneOption = Annotated[
+    str,
+    typer.Option("--timezone", help="IANA time zone of timestamps that carry no offset."),
+]
+SkewOption = Annotated[
+    str,
+    typer.Option(
+        "--max-future-skew",
+        help="Live inputs: an event stamped further ahead of its arrival counts at the current time.",
+    ),
+]
+LineLimitOption = Annotated[
+    int, typer.Option("--max-line-bytes", help="Longer input lines are skipped and counted.")
+]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+LogFormatOption = Annotated[str, typer.Option("--log-format", help="Log format on stderr: auto, console or json.")]
+
+
+@dataclass(slots=True)
+class InputOptions:
+    path: str
+    fmt: str
+    pattern: str | None
+    time_format: str | None
+    year: int | None
+    timezone: str
+    max_line_bytes: int
+
+
+# ----------------------------------------------------------------- commands
+
+
+@app.command()
+def run(
+    rules: RulesOption,
+    input_path: Annotated[str, typer.Option("--input", help="Input file, or - for standard input.")],
+    state: Annotated[
+        Path, typer.Option("--state", help="SQLite file with snapshots, checkpoints and history.")
+    ] = Path(DEFAULT_STATE_FILE),
+    fmt: FormatOption = "auto",
+    pattern: PatternOption = None,
+    time_format: TimeFormatOption = None,
+    year: YearOption = None,
+    timezone: TimezoneOption = "UTC",
+    clock: Annotated[
+        str | None,
+        typer.Option("--clock", help="event or wall. Default: event for files, wall for standard input."),
+    ] = None,
+    max_future_skew: SkewOption = "60s",
+    max_line_bytes: LineLimitOption = DEFAULT_MAX_LINE_BYTES,
+    output: Annotated[str, typer.Option("--output", help="Transitions on stdout as text or jsonl.")] = "text",
+    webhook: Annotated[
+        list[str] | None, typer.Option("--webhook", help="Also POST each transition as JSON to this URL.")
+    ] = None,
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant id the state is stored under.")] = "default",
+    history_retention: Annotated[
+        str, typer.Option("--history-retention", help="Transition history older than this is deleted.")
+    ] = "7d",
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "auto",
+) -> None:
+    """Evaluate the rules over an input, keeping state in a SQLite file.
+
+    Started again on the same input, it resumes after the last checkpoint: a run that was
+    killed produces exactly the transitions of one that was not.
+    """
+    configure_logging(log_level, log_format)
+    options = InputOptions(input_path, fmt, pattern, time_format, year, timezone, max_line_bytes)
+    clock_mode = _clock_mode(clock, input_path)
+    with _exit_on_error():
+        compiled = load_rules_file(rules)
+        settings = EngineSettings(clock=clock_mode, max_future_skew_s=parse_duration(max_future_skew))
+        sink = _make_sink(output, webhook or [])
+        retention_s = parse_duration(history_retention)
+        summary, _ = asyncio.run(
+            _run(compiled, options, settings, SQLiteStore(state), sink, tenant, retention_s)
+        )
+    if summary.skipped:
+        skipped = ", ".join(f"{reason}={count}" for reason, count in sorted(summary.skipped.items()))
+        log.warning("input_records_skipped", counts=skipped)
+    log.info("run_finished", lines=summary.lines, events=summary.events, stopped=summary.stopped)
+
+
+@app.command()
+def backtest(
+    rules: RulesOption,
+    input_path: Annotated[str, typer.Option("--input", help="Input file, or - for standard input.")],
+    fmt: FormatOption = "auto",
+    pattern: PatternOption = None,
+    time_format: TimeFormatOption = None,
+    year: YearOption = None,
+    timezone: TimezoneOption = "UTC",
+    max_line_bytes: LineLimitOption = DEFAULT_MAX_LINE_BYTES,
+    output: Annotated[str, typer.Option("--output", help="Transitions on stdout as text or jsonl.")] = "text",
+    log_level: LogLevelOption = "warning",
+    log_format: LogFormatOption = "auto",
+) -> None:
+    """Replay an input with the event clock and no state file; print transitions and a summary."""
+    configure_logging(log_level, log_format)
+    options = InputOptions(input_path, fmt, pattern, time_format, year, timezone, max_line_bytes)
+    with _exit_on_error():
+        compiled = load_rules_file(rules)
+        settings = EngineSettings(clock=ClockMode.EVENT)
+        recorder = SummarySink(_make_sink(output, []))
+        store = SQLiteStore(":memory:")
+        summary, pipelines = asyncio.run(
+            _run(compiled, options, settings, store, recorder, "default", None)
+        )
+    rule_stats = {}
+    ends = []
+    for pipeline in pipelines:
+        rule_stats.update(pipeline.evaluator.stats.rules)
+        if pipeline.evaluator.now is not None:
+            ends.append(pipeline.evaluator.now)
+    # The table goes to stderr with --output jsonl so stdout stays pure JSON lines.
+    console = Console(stderr=True) if output == "jsonl" else Console()
+    console.print(recorder.table(compiled, rule_stats, end_s=max(ends, default=None)))
+    if summary.skipped:
+        skipped = ", ".join(f"{reason}={count}" for reason, count in sorted(summary.skipped.items()))
+        console.print(f"skipped input records: {skipped}")
+
+
+@rules_app.command("check")
+def rules_check(
+    path: Annotated[Path, typer.Argument(help="YAML rule file to validate.")],
+) -> None:
+    """Validate a rule file and explain what each rule does."""
+    with _exit_on_error():
+        compiled = load_rules_file(path)
+    typer.echo(explain_rules(compiled))
+    typer.echo(f"{path}: {len(compiled)} rule(s) valid")
+
+
+# ----------------------------------------------------------------- wiring
+
+
+async def _run(
+    rules: list[CompiledRule],
+    options: InputOptions,
+    settings: EngineSettings,
+    store: SQLiteStore,
+    sink: Sink,
+    tenant: str,
+    history_retention_s: float | None,
+):
+    enabled = [rule for rule in rules if rule.enabled]
+    if not enabled:
+        raise ConfigError("the rule file has no enabled rule: nothing to evaluate")
+    parser = make_parser(
+        options.fmt,
+        pattern=options.pattern,
+        time_format=options.time_format,
+        year=options.year,
+        timezone=options.timezone,
+    )
+    if options.path == "-":
+        line_input = StdinInput(max_line_bytes=options.max_line_bytes)
+        total_bytes = None
+    else:
+        line_input = FileInput(options.path, max_line_bytes=options.max_line_bytes)
+        total_bytes = os.path.getsize(options.path)
+
+    await store.open()
+    try:
+        pipelines = _pipelines(enabled, settings, store, sink, tenant, history_retention_s)
+        progress = RichProgress() if sys.stderr.isatty() and total_bytes else None
+        runner = InputRunner(
+            pipelines,
+            line_input,
+            parser,
+            clock=settings.clock,
+            progress=progress,
+            total_bytes=total_bytes,
+        )
+        return await runner.run(), pipelines
+    finally:
+        line_input.close()
+        await sink.close()
+        await store.close()
+
+
+def _pipelines(
+    rules: list[CompiledRule],
+    settings: EngineSettings,
+    store: SQLiteStore,
+    sink: Sink,
+    tenant: str,
+    history_retention_s: float | None,
+) -> list[RuleGroupPipeline]:
+    """Make one pipeline per rule group, each with its own evaluator and checkpoint."""
+    by_group: dict[str, list[CompiledRule]] = defaultdict(list)
+    for rule in rules:
+        by_group[rule.group].append(rule)
+    pipelines = []
+    for group, group_rules in sorted(by_group.items()):
+        evaluator = Evaluator(group_rules, settings, tenant=tenant, rule_group=group)
+        pipeline = RuleGroupPipeline(
+            evaluator,
+            group_rules,
+            store,
+            sink,
+            source="",
+            history_retention_s=history_retention_s if history_retention_s is not None else float("inf"),
+        )
+        pipelines.append(pipeline)
+    return pipelines
+
+
+def _make_sink(output: str, webhooks: list[str]) -> Sink:
+    if output == "text":
+        sinks: list[Sink] = [ConsoleSink()]
+    elif output == "jsonl":
+        sinks = [JsonLinesSink()]
+    else:
+        raise ConfigError(f"invalid --output {output!r}: use text or jsonl")
+    sinks.extend(WebhookSink(url) for url in webhooks)
+    return sinks[0] if len(sinks) == 1 else FanoutSink(sinks)
+
+
+def _clock_mode(clock: str | None, input_path: str) -> ClockMode:
+    if clock is None:
+        return ClockMode.WALL if input_path == "-" else ClockMode.EVENT
+    try:
+        return ClockMode(clock)
+    except ValueError:
+        typer.echo(f"error: invalid --clock {clock!r}: use event or wall", err=True)
+        raise typer.Exit(2) from None
+
+
+class _exit_on_error:
+    """Turn expected errors into one line on stderr and exit status 2."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+        if exc is not None and isinstance(exc, AlertwardenError | FileNotFoundError | IsADirectoryError):
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        return False
+
+
+# ------------------------------------------------------------ presentation
+
+
+class RichProgress(ProgressReporter):
+    """Bytes read out of the input's size, on stderr."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._task: int | None = None
+
+    def start(self, total_bytes: int | None, done_bytes: int) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task("reading", total=total_bytes, completed=done_bytes)
+
+    def update(self, done_bytes: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=done_bytes)
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
+@dataclass(slots=True)
+class _RuleTally:
+    fires: int = 0
+    transitions: int = 0
+    firing_s: float = 0.0
+    firing_since: dict[tuple, float] = field(default_factory=dict)
+
+
+class SummarySink:
+    """Passes notifications on and tallies fires and time firing per rule for `backtest`."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner = inner
+        self.tallies: dict[str, _RuleTally] = defaultdict(_RuleTally)
+
+    async def send(self, notification: Notification) -> None:
+        tally = self.tallies[notification.rule_id]
+        tally.transitions += 1
+        key = tuple(sorted(notification.group.items(), key=lambda item: item[0]))
+        if notification.kind == "fired":
+            tally.fires += 1
+            tally.firing_since[key] = notification.at
+        elif notification.kind == "recovered" and key in tally.firing_since:
+            tally.firing_s += notification.at - tally.firing_since.pop(key)
+        await self.inner.send(notification)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def table(
+        self, rules: list[CompiledRule], rule_stats: dict[str, RuleStats], end_s: float | None
+    ) -> Table:
+        """Build the per-rule summary; groups still firing count as firing until `end_s`."""
+        table = Table(title="backtest summary")
+        for column in ("rule", "events matched", "groups opened", "fires", "transitions", "time firing"):
+            table.add_column(column, justify="left" if column == "rule" else "right")
+        for rule in rules:
+            tally = self.tallies.get(rule.id, _RuleTally())
+            stats = rule_stats.get(rule.id)
+            firing_s = tally.firing_s
+            still_firing = len(tally.firing_since)
+            if end_s is not None:
+                firing_s += sum(end_s - since for since in tally.firing_since.values())
+            firing = format_duration(int(firing_s))
+            if still_firing:
+                firing += f" ({still_firing} still firing)"
+            table.add_row(
+                rule.id,
+                str(stats.matched if stats else 0),
+                str(stats.groups_opened if stats else 0),
+                str(tally.fires),
+                str(tally.transitions),
+                firing,
+            )
+        return table
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,291 @@
+"""One tenant + rule group end to end: evaluator, store, sinks, flushes and checkpoints.
+
+Order of work for each input record, which is what makes a killed run restart exactly:
+1. boundary ticks the record triggers (advance_for); their transitions are stored, then sent;
+2. a flush when a flush boundary was crossed: changed groups, forgotten groups and the checkpoint
+   (offset of this record, not yet applied) in one transaction;
+3. the record itself (count); its transitions are stored, then sent.
+A transition is written with its group's new state before any sink sees it, so a crash after the
+write neither loses it (it is in the outbox and sent on restart) nor repeats it (the group is
+frozen during the replay until the step of the transition).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from alertwarden.engine.evaluator import Evaluator, RestoreReport
+from alertwarden.engine.records import FlushBatch, Transition, format_time
+from alertwarden.errors import SinkError
+from alertwarden.events import Event
+from alertwarden.logs import get_logger
+from alertwarden.rules import CompiledRule, format_duration
+from alertwarden.sinks.base import Notification, Sink
+from alertwarden.store.base import HistoryRecord, StateStore
+
+log = get_logger(__name__)
+
+DEFAULT_HISTORY_RETENTION_S = 7 * 86400
+
+ResumeResolver = Callable[[str, int], tuple[int, str | None]]
+"""(stored source identity, stored offset) -> (offset to resume at, warning or None)."""
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    flushes: int = 0
+    flushed_rows: int = 0
+    transitions: int = 0
+    delivered: int = 0
+    delivery_failures: int = 0
+    pruned: int = 0
+    flush_seconds: float = 0.0
+    reported: dict[str, int] = field(default_factory=dict)
+
+
+class RuleGroupPipeline:
+    """Drives one Evaluator over one input with a store and a sink."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        rules: Sequence[CompiledRule],
+        store: StateStore,
+        sink: Sink,
+        *,
+        source: str,
+        history_retention_s: float = DEFAULT_HISTORY_RETENTION_S,
+    ) -> None:
+        self.evaluator = evaluator
+        self.rules = {rule.id: rule for rule in rules}
+        self.store = store
+        self.sink = sink
+        self.source = source
+        self.tenant = evaluator.tenant
+        self.rule_group = evaluator.rule_group
+        self.history_retention_s = history_retention_s
+        self.stats = PipelineStats()
+        self.resume_offset = 0
+        self._flushed_bucket: int | None = None
+        self._last_offset = 0
+        self._log = log.bind(tenant=self.tenant, rule_group=self.rule_group)
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self, resolve: ResumeResolver, *, replayable: bool = True) -> RestoreReport:
+        """Load the stored state, resend undelivered transitions, and set resume_offset.
+
+        `resolve` maps the stored checkpoint to the offset the input can resume at. When that is
+        not the checkpoint's own offset (stdin, a replaced file) the input cannot be replayed,
+        so the stored state is taken as current.
+        """
+        stored = await self.store.load(self.tenant, self.rule_group)
+        checkpoint = stored.checkpoint
+        replay = replayable
+        if checkpoint is not None:
+            offset, warning = resolve(checkpoint.source, checkpoint.offset)
+            replay = replayable and offset == checkpoint.offset and warning is None
+            if warning:
+                self._log.warning("checkpoint_discarded", reason=warning)
+            self.resume_offset = offset
+        report = self.evaluator.restore(stored.groups, checkpoint, replay=replay)
+        now = self.evaluator.now
+        if now is not None:
+            self._flushed_bucket = self._flush_bucket(now)
+        self._log_restore(report, checkpoint is not None)
+        await self._redeliver()
+        return report
+
+    async def finish(self, offset: int) -> None:
+        """Flush everything at the end of the input; `offset` is where a later run resumes."""
+        await self.flush(offset)
+
+    # ------------------------------------------------------------ per record
+
+    async def process(self, event: Event, offset: int, arrival_s: float | None = None) -> None:
+        """Apply one input record at `offset` (ticks, maybe a flush, then the count)."""
+        evaluator = self.evaluator
+        ticked = evaluator.advance_for(event, offset, arrival_s)
+        if ticked:
+            await self._emit(ticked)
+        await self._flush_if_due(offset)
+        counted = evaluator.count(event, offset, arrival_s)
+        if counted:
+            await self._emit(counted)
+        self._last_offset = offset
+
+    async def tick(self, now_s: float, offset: int) -> None:
+        """Move the clock without an event (wall clock, or end of a replay)."""
+        transitions = self.evaluator.advance(now_s, offset)
+        if transitions:
+            await self._emit(transitions)
+        await self._flush_if_due(offset)
+
+    # ---------------------------------------------------------------- flush
+
+    def _flush_bucket(self, now_s: float) -> int:
+        return math.floor(now_s / self.evaluator.flush_interval_s)
+
+    async def _flush_if_due(self, offset: int) -> None:
+        now = self.evaluator.now
+        if now is None:
+            return
+        bucket = self._flush_bucket(now)
+        if self._flushed_bucket is None:
+            self._flushed_bucket = bucket
+        elif bucket > self._flushed_bucket:
+            await self.flush(offset)
+
+    async def flush(self, offset: int) -> None:
+        """Write changed and forgotten groups and the checkpoint in one transaction."""
+        started = time.perf_counter()
+        changed, forgotten = self.evaluator.drain_changes(offset)
+        checkpoint = self.evaluator.checkpoint(self.source, offset)
+        await self.store.flush(self.tenant, self.rule_group, FlushBatch(changed, forgotten, checkpoint))
+        if checkpoint.now is not None:
+            self._flushed_bucket = self._flush_bucket(checkpoint.now)
+        if checkpoint.now is not None and math.isfinite(self.history_retention_s):
+            pruned = await self.store.prune_history(
+                self.tenant, checkpoint.now - self.history_retention_s
+            )
+            self.stats.pruned += pruned
+        self.stats.flushes += 1
+        self.stats.flushed_rows += len(changed) + len(forgotten)
+        self.stats.flush_seconds += time.perf_counter() - started
+        if self.stats.delivery_failures:
+            await self._redeliver()
+
+    # --------------------------------------------------------- transitions
+
+    async def _emit(self, transitions: list[Transition]) -> None:
+        ids = await self.store.record_transitions(self.tenant, self.rule_group, transitions)
+        self.stats.transitions += len(transitions)
+        notifications = [self._notification(t) for t in transitions]
+        await self._deliver(list(zip(ids, notifications)))
+
+    async def _deliver(self, pending: list[tuple[int, Notification]]) -> None:
+        delivered: list[int] = []
+        for history_id, notification in pending:
+            try:
+                await self.sink.send(notification)
+            except SinkError as exc:
+                # Kept in the outbox; the next flush tries again.
+                self.stats.delivery_failures += 1
+                self._log.error(
+                    "delivery_failed",
+                    transition_id=notification.transition_id,
+                    rule=notification.rule_id,
+                    error=str(exc),
+                )
+                break
+            delivered.append(history_id)
+        if delivered:
+            await self.store.mark_delivered(self.tenant, delivered)
+            self.stats.delivered += len(delivered)
+
+    async def _redeliver(self) -> None:
+        records = await self.store.undelivered(self.tenant, self.rule_group)
+        if not records:
+            self.stats.delivery_failures = 0
+            return
+        self._log.info("redelivering", count=len(records))
+        failures_before = self.stats.delivery_failures
+        await self._deliver([(r.id, self._notification_from_record(r)) for r in records])
+        if self.stats.delivery_failures == failures_before:
+            self.stats.delivery_failures = 0
+
+    def _notification(self, transition: Transition) -> Notification:
+        return self._build_notification(
+            transition_id=transition.transition_id(self.tenant, self.rule_group),
+            rule_id=transition.rule_id,
+            at=transition.at,
+            kind=transition.kind.value,
+            count=transition.count,
+            threshold=transition.threshold,
+            window_s=transition.window_s,
+            group=dict(transition.group),
+            captures=transition.captures,
+        )
+
+    def _notification_from_record(self, record: HistoryRecord) -> Notification:
+        return self._build_notification(
+            transition_id=record.transition_id,
+            rule_id=record.rule_id,
+            at=record.at,
+            kind=record.kind,
+            count=record.count,
+            threshold=int(record.details.get("threshold", 0)),
+            window_s=int(record.details.get("window_s", 0)),
+            group=record.group,
+            captures=record.details.get("captures", {}),
+        )
+
+    def _build_notification(
+        self,
+        *,
+        transition_id: str,
+        rule_id: str,
+        at: float,
+        kind: str,
+        count: int,
+        threshold: int,
+        window_s: int,
+        group: dict[str, str | None],
+        captures: Mapping[str, Any],
+    ) -> Notification:
+        rule = self.rules.get(rule_id)
+        annotations: dict[str, str] = {}
+        if rule is not None and rule.annotations:
+            values: dict[str, Any] = dict(captures)
+            for path, value in group.items():
+                values[path] = value
+                values[path.rsplit(".", 1)[-1]] = value
+            values.update(
+                count=count,
+                threshold=threshold,
+                window=format_duration(window_s),
+                window_s=window_s,
+                rule=rule_id,
+                rule_name=rule.name,
+                kind=kind,
+                at=format_time(at),
+                severity=rule.severity or "",
+            )
+            annotations = rule.render_annotations(values)
+        return Notification(
+            transition_id=transition_id,
+            tenant=self.tenant,
+            rule_group=self.rule_group,
+            rule_id=rule_id,
+            rule_name=rule.name if rule is not None else rule_id,
+            at=at,
+            kind=kind,
+            count=count,
+            threshold=threshold,
+            window_s=window_s,
+            group=group,
+            severity=rule.severity if rule is not None else None,
+            labels=dict(rule.labels) if rule is not None else {},
+            annotations=annotations,
+        )
+
+    def _log_restore(self, report: RestoreReport, had_checkpoint: bool) -> None:
+        if report.reset_rules:
+            self._log.warning(
+                "rule_state_reset",
+                rules=sorted(report.reset_rules),
+                reason="window or bucket changed since the snapshot",
+            )
+        if report.dropped_unknown_rules:
+            self._log.warning("stored_rules_dropped", rules=sorted(report.dropped_unknown_rules))
+        self._log.info(
+            "state_restored",
+            groups=report.groups,
+            frozen=report.frozen,
+            checkpoint=had_checkpoint,
+            resume_offset=self.resume_offset,
+        )
