@@ -12,7 +12,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator, RuleStats
@@ -25,7 +32,7 @@ from alertwarden.sinks.base import Notification, Sink
 from alertwarden.sinks.fanout import FanoutSink
 from alertwarden.sinks.stdout import ConsoleSink, JsonLinesSink
 from alertwarden.sinks.webhook import WebhookSink
-from alertwarden.sources.files import FileInput, StdinInput
+from alertwarden.sources.files import FileInput, LineInput, StdinInput
 from alertwarden.sources.formats import make_parser
 from alertwarden.sources.lines import DEFAULT_MAX_LINE_BYTES
 from alertwarden.store.sqlite import SQLiteStore
@@ -216,6 +223,7 @@ async def _run(
         year=options.year,
         timezone=options.timezone,
     )
+    line_input: LineInput
     if options.path == "-":
         line_input = StdinInput(max_line_bytes=options.max_line_bytes)
         total_bytes = None
@@ -296,11 +304,10 @@ class _exit_on_error:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is not None and isinstance(exc, AlertwardenError | FileNotFoundError | IsADirectoryError):
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
-        return False
 
 
 # ------------------------------------------------------------ presentation
@@ -319,7 +326,7 @@ class RichProgress(ProgressReporter):
             console=Console(stderr=True),
             transient=True,
         )
-        self._task: int | None = None
+        self._task: TaskID | None = None
 
     def start(self, total_bytes: int | None, done_bytes: int) -> None:
         self._progress.start()

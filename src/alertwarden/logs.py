@@ -107,15 +107,14 @@ def _shared_processors() -> list[Any]:
 
 
 def _make_formatter(use_json: bool, *, colors: bool) -> structlog.stdlib.ProcessorFormatter:
-    renderer: Any
+    final: list[Any]
     if use_json:
         final = [
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=_dumps_json),
         ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=colors)
-        final = [renderer]
+        final = [structlog.dev.ConsoleRenderer(colors=colors)]
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_shared_processors(),
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],

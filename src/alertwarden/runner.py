@@ -16,16 +16,16 @@ from alertwarden.errors import EventError
 from alertwarden.logs import get_logger
 from alertwarden.pipeline import RuleGroupPipeline
 from alertwarden.sources.files import LineInput
+from alertwarden.sources.formats import Parser
 from alertwarden.sources.lines import Line, OversizedLine
 
 log = get_logger(__name__)
 
+TIMED_OUT = object()
+"""Marker for 'no line arrived before the next boundary'."""
+
 LIVE_QUEUE_LINES = 4096
 """Lines read ahead from stdin while the evaluators are busy; the reader waits beyond it."""
-
-
-class Parser:  # pragma: no cover - structural type only
-    def parse(self, line: bytes): ...  # noqa: ANN201
 
 
 @dataclass(slots=True)
@@ -137,18 +137,28 @@ class InputRunner:
         while not self._stop.is_set():
             now = time.time()
             wait_s = max(0.05, (math.floor(now / tick_s) + 1) * tick_s - now)
+            first: Line | OversizedLine | None | object
             try:
-                line = await asyncio.wait_for(lines.get(), wait_s)
+                first = await asyncio.wait_for(lines.get(), wait_s)
             except TimeoutError:
-                line = False
-            while line:
-                await self._handle(line, time.time())
-                line = lines.get_nowait() if not lines.empty() else False
-            if line is None:
+                first = TIMED_OUT
+            if not await self._drain(first, lines):
                 return
             for pipeline in self.pipelines:
                 await pipeline.tick(time.time(), self.summary.end_offset)
         self.summary.stopped = True
+
+    async def _drain(
+        self,
+        first: Line | OversizedLine | None | object,
+        lines: asyncio.Queue[Line | OversizedLine | None],
+    ) -> bool:
+        """Handle `first` and every line already queued; return False at the end of input."""
+        line = first
+        while isinstance(line, Line | OversizedLine):
+            await self._handle(line, time.time())
+            line = lines.get_nowait() if not lines.empty() else TIMED_OUT
+        return line is not None
 
     async def _handle(self, line: Line | OversizedLine, arrival_s: float | None) -> None:
         summary = self.summary

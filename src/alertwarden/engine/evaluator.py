@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,21 +38,32 @@ class ClockMode(enum.StrEnum):
 
 
 class RuleLike(Protocol):
-    """What the evaluator needs of a compiled rule (alertwarden.rules.CompiledRule)."""
+    """The part of a compiled rule (alertwarden.rules.CompiledRule) that the evaluator reads."""
 
-    id: str
-    signal: Signal
-    threshold: int
-    window_s: int
-    bucket_s: int
-    cooldown_s: int
-    renotify_s: int
-    group_by: tuple[str, ...]
-    group_by_paths: tuple[FieldPath, ...]
-    on_missing_key: str
-    max_groups: int
+    @property
+    def id(self) -> str: ...
+    @property
+    def signal(self) -> Signal: ...
+    @property
+    def threshold(self) -> int: ...
+    @property
+    def window_s(self) -> int: ...
+    @property
+    def bucket_s(self) -> int: ...
+    @property
+    def cooldown_s(self) -> int: ...
+    @property
+    def renotify_s(self) -> int: ...
+    @property
+    def group_by(self) -> tuple[str, ...]: ...
+    @property
+    def group_by_paths(self) -> tuple[FieldPath, ...]: ...
+    @property
+    def on_missing_key(self) -> str: ...
+    @property
+    def max_groups(self) -> int: ...
 
-    def match(self, fields: dict[str, Any]) -> dict[str, Any] | None: ...
+    def match(self, fields: dict[str, Any]) -> Mapping[str, Any] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +260,7 @@ class Evaluator:
         self,
         state: _RuleState,
         fields: dict[str, Any],
-        captures: dict[str, Any],
+        captures: Mapping[str, Any],
         time_s: float,
         step: int,
         out: list[Transition],
@@ -299,7 +310,7 @@ class Evaluator:
         self._evaluate(state, slot, now, count, out, captures)
 
     def _group_key(
-        self, state: _RuleState, fields: dict[str, Any], captures: dict[str, Any]
+        self, state: _RuleState, fields: dict[str, Any], captures: Mapping[str, Any]
     ) -> GroupKey | None:
         """Build the group key, or return None when the event is not counted for this rule."""
         rule = state.rule
@@ -313,7 +324,7 @@ class Evaluator:
                 return None
             if value is None:
                 missing = True
-            values.append(value)  # type: ignore[arg-type]
+            values.append(value)
         if missing:
             if rule.on_missing_key == "skip":
                 state.stats.skipped_missing_key += 1
@@ -330,7 +341,7 @@ class Evaluator:
         now: float,
         count: int,
         out: list[Transition],
-        captures: dict[str, Any] | None = None,
+        captures: Mapping[str, Any] | None = None,
     ) -> None:
         """Apply the transition rules to one group at time `now` with window count `count`.
 
@@ -384,7 +395,7 @@ class Evaluator:
         now: float,
         count: int,
         kind: TransitionKind,
-        captures: dict[str, Any] | None,
+        captures: Mapping[str, Any] | None,
     ) -> Transition:
         rule = state.rule
         key = state.table.keys[slot]
@@ -548,11 +559,12 @@ class Evaluator:
             stored = [snap.position for snaps in groups.values() for snap in snaps]
             self._position_base = max([base_position, *stored]) + 2
         for rule_id, snapshots in groups.items():
-            state = self._by_id.get(rule_id)
-            if state is None:
+            found = self._by_id.get(rule_id)
+            if found is None:
                 report.dropped_unknown_rules.add(rule_id)
                 self._orphans.extend((rule_id, snap.key) for snap in snapshots)
                 continue
+            state = found
             for snap in snapshots:
                 if snap.window_s != state.rule.window_s or snap.bucket_s != state.bucket_s:
                     report.reset_rules.add(rule_id)

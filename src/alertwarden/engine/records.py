@@ -127,8 +127,9 @@ class Checkpoint:
 
     - source: identity of the input (for a file: device, inode and a fingerprint of its start).
     - offset: byte offset (or stream sequence) of the first record not yet applied.
-    - position: step number of the flush; a step is 2 * record_offset for the boundary ticks the
-      record triggers and 2 * record_offset + 1 for the record itself.
+    - position: step number of the flush. The boundary ticks a record triggers run at step
+      base + 2 * offset and the record itself at the next step. The base stays fixed while an
+      input is replayed, so the base is position - 2 * offset.
     - now: the evaluator clock in UTC seconds, None before the first event.
     - ticked: per rule id, the last bucket index whose boundary was evaluated.
     """
@@ -142,7 +143,7 @@ class Checkpoint:
 
 @dataclass(slots=True)
 class FlushBatch:
-    """What one flush writes for a rule group, in one transaction."""
+    """Changed groups, forgotten groups and the checkpoint of one flush, written in one transaction."""
 
     changed: list[GroupSnapshot]
     forgotten: list[tuple[str, GroupKey]]

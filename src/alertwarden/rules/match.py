@@ -453,7 +453,7 @@ def _compile_in(values: object, case_sensitive: bool, location: str) -> tuple[Pr
         if isinstance(item, bool):
             booleans.add(item)
         elif is_number(item):
-            numbers.add(item)  # type: ignore[arg-type]
+            numbers.add(item)
         elif isinstance(item, str):
             strings.add(item if case_sensitive else item.casefold())
         else:
