@@ -20,9 +20,9 @@ from typing import Any
 
 from alertwarden.engine.evaluator import Evaluator, RestoreReport
 from alertwarden.engine.records import FlushBatch, Transition, format_time
-from alertwarden.errors import SinkError
+from alertwarden.errors import SinkError, StoreError
 from alertwarden.events import Event
-from alertwarden.logs import get_logger
+from alertwarden.logs import RateLimitedLog, get_logger
 from alertwarden.rules import CompiledRule, format_duration
 from alertwarden.sinks.base import Notification, Sink
 from alertwarden.store.base import HistoryRecord, StateStore
@@ -30,6 +30,9 @@ from alertwarden.store.base import HistoryRecord, StateStore
 log = get_logger(__name__)
 
 DEFAULT_HISTORY_RETENTION_S = 7 * 86400
+STORE_RETRY_INITIAL_S = 1.0
+STORE_RETRY_MAX_S = 60.0
+STORE_ERROR_LOG_INTERVAL_S = 60.0
 
 ResumeResolver = Callable[[str, int], tuple[int, str | None]]
 """(stored source identity, stored offset) -> (offset to resume at, warning or None)."""
@@ -59,6 +62,7 @@ class RuleGroupPipeline:
         *,
         source: str,
         history_retention_s: float = DEFAULT_HISTORY_RETENTION_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.evaluator = evaluator
         self.rules = {rule.id: rule for rule in rules}
@@ -73,6 +77,12 @@ class RuleGroupPipeline:
         self._flushed_bucket: int | None = None
         self._last_offset = 0
         self._log = log.bind(tenant=self.tenant, rule_group=self.rule_group)
+        self._monotonic = monotonic
+        self._store_failures = 0
+        self._retry_at = 0.0
+        self._error_log = RateLimitedLog(STORE_ERROR_LOG_INTERVAL_S)
+        # Transitions made while the store was failing, with whether the sink accepted them.
+        self._unstored: list[tuple[Transition, bool]] = []
 
     # ------------------------------------------------------------- lifecycle
 
@@ -101,8 +111,12 @@ class RuleGroupPipeline:
         return report
 
     async def finish(self, offset: int) -> None:
-        """Flush everything at the end of the input; `offset` is where a later run resumes."""
-        await self.flush(offset)
+        """Flush everything at the end of the input; `offset` is where a later run resumes.
+
+        Raises StoreError when the final flush fails: the next run then resumes from the last
+        checkpoint that was written and replays the rest.
+        """
+        await self.flush(offset, force=True)
 
     # ------------------------------------------------------------ per record
 
@@ -140,55 +154,163 @@ class RuleGroupPipeline:
         elif bucket > self._flushed_bucket:
             await self.flush(offset)
 
-    async def flush(self, offset: int) -> None:
-        """Write changed and forgotten groups and the checkpoint in one transaction."""
+    async def flush(self, offset: int, *, force: bool = False) -> None:
+        """Write changed and forgotten groups and the checkpoint in one transaction.
+
+        While the store is failing, flushes wait for the backoff to pass (unless `force`) and
+        the evaluator keeps its changes in memory; the first flush that succeeds writes the
+        current state of every group changed since the last good flush.
+        """
+        if not force and self._in_backoff():
+            return
+        if self._unstored and not await self._store_backlog():
+            return
         started = time.perf_counter()
         changed, forgotten = self.evaluator.drain_changes(offset)
         checkpoint = self.evaluator.checkpoint(self.source, offset)
-        await self.store.flush(self.tenant, self.rule_group, FlushBatch(changed, forgotten, checkpoint))
+        try:
+            await self.store.flush(
+                self.tenant, self.rule_group, FlushBatch(changed, forgotten, checkpoint)
+            )
+        except StoreError as exc:
+            self.evaluator.requeue(changed, forgotten)
+            self._store_failed("flush", exc)
+            if force:
+                raise
+            return
+        self._store_succeeded()
         if checkpoint.now is not None:
             self._flushed_bucket = self._flush_bucket(checkpoint.now)
-        if checkpoint.now is not None and math.isfinite(self.history_retention_s):
-            pruned = await self.store.prune_history(
-                self.tenant, checkpoint.now - self.history_retention_s
-            )
-            self.stats.pruned += pruned
         self.stats.flushes += 1
         self.stats.flushed_rows += len(changed) + len(forgotten)
         self.stats.flush_seconds += time.perf_counter() - started
+        await self._prune(checkpoint.now)
         if self.stats.delivery_failures:
             await self._redeliver()
+
+    async def _prune(self, now_s: float | None) -> None:
+        if now_s is None or not math.isfinite(self.history_retention_s):
+            return
+        try:
+            self.stats.pruned += await self.store.prune_history(
+                self.tenant, now_s - self.history_retention_s
+            )
+        except StoreError as exc:
+            # Pruning is retried by the next flush; the history only grows until then.
+            self._store_failed("prune_history", exc)
+
+    # ------------------------------------------------------ store failures
+
+    @property
+    def ready(self) -> bool:
+        """False while the store is failing and state lives only in memory."""
+        return self._store_failures == 0
+
+    def _in_backoff(self) -> bool:
+        return self._store_failures > 0 and self._monotonic() < self._retry_at
+
+    def _store_failed(self, action: str, exc: StoreError) -> None:
+        self._store_failures += 1
+        delay_s = min(STORE_RETRY_MAX_S, STORE_RETRY_INITIAL_S * 2 ** (self._store_failures - 1))
+        now = self._monotonic()
+        self._retry_at = now + delay_s
+        if self._error_log.should_log("store_failed", now):
+            self._log.error(
+                "store_failed",
+                action=action,
+                error=str(exc),
+                attempt=self._store_failures,
+                retry_in_s=round(delay_s, 1),
+                unstored_transitions=len(self._unstored),
+                suppressed=self._error_log.take_suppressed("store_failed"),
+            )
+
+    def _store_succeeded(self) -> None:
+        if self._store_failures:
+            self._log.info("store_recovered", failed_attempts=self._store_failures)
+        self._store_failures = 0
+
+    async def _store_backlog(self) -> bool:
+        """Store transitions made while the store was failing; return True when done."""
+        transitions = [transition for transition, _ in self._unstored]
+        try:
+            ids = await self.store.record_transitions(self.tenant, self.rule_group, transitions)
+            delivered = [i for i, (_, sent) in zip(ids, self._unstored) if sent]
+            if delivered:
+                await self.store.mark_delivered(self.tenant, delivered)
+        except StoreError as exc:
+            self._store_failed("record_transitions", exc)
+            return False
+        self._unstored.clear()
+        self._store_succeeded()
+        # Transitions whose delivery failed are now in the outbox; send them again.
+        self.stats.delivery_failures += len(transitions) - len(delivered)
+        return True
 
     # --------------------------------------------------------- transitions
 
     async def _emit(self, transitions: list[Transition]) -> None:
-        ids = await self.store.record_transitions(self.tenant, self.rule_group, transitions)
+        """Store transitions with their group state, then send them.
+
+        When the store is failing the notifications go out at once and the transitions are
+        stored by the first flush that succeeds: an alert is not held back by the database.
+        """
         self.stats.transitions += len(transitions)
         notifications = [self._notification(t) for t in transitions]
-        await self._deliver(list(zip(ids, notifications)))
+        ids = await self._record(transitions)
+        if ids is not None:
+            await self._deliver(list(zip(ids, notifications)))
+            return
+        for transition, notification in zip(transitions, notifications):
+            sent = await self._send(notification)
+            self._unstored.append((transition, sent))
+
+    async def _record(self, transitions: list[Transition]) -> list[int] | None:
+        if self._in_backoff() or (self._unstored and not await self._store_backlog()):
+            return None
+        try:
+            ids = await self.store.record_transitions(self.tenant, self.rule_group, transitions)
+        except StoreError as exc:
+            self._store_failed("record_transitions", exc)
+            return None
+        self._store_succeeded()
+        return ids
+
+    async def _send(self, notification: Notification) -> bool:
+        try:
+            await self.sink.send(notification)
+        except SinkError as exc:
+            self.stats.delivery_failures += 1
+            self._log.error(
+                "delivery_failed",
+                transition_id=notification.transition_id,
+                rule=notification.rule_id,
+                error=str(exc),
+            )
+            return False
+        self.stats.delivered += 1
+        return True
 
     async def _deliver(self, pending: list[tuple[int, Notification]]) -> None:
+        """Send stored transitions in order; stop at the first failure, the outbox keeps the rest."""
         delivered: list[int] = []
         for history_id, notification in pending:
-            try:
-                await self.sink.send(notification)
-            except SinkError as exc:
-                # Kept in the outbox; the next flush tries again.
-                self.stats.delivery_failures += 1
-                self._log.error(
-                    "delivery_failed",
-                    transition_id=notification.transition_id,
-                    rule=notification.rule_id,
-                    error=str(exc),
-                )
+            if not await self._send(notification):
                 break
             delivered.append(history_id)
         if delivered:
-            await self.store.mark_delivered(self.tenant, delivered)
-            self.stats.delivered += len(delivered)
+            try:
+                await self.store.mark_delivered(self.tenant, delivered)
+            except StoreError as exc:
+                # They stay in the outbox and are sent again after a restart (at least once).
+                self._store_failed("mark_delivered", exc)
 
     async def _redeliver(self) -> None:
-        records = await self.store.undelivered(self.tenant, self.rule_group)
+        try:
+            records = await self.store.undelivered(self.tenant, self.rule_group)
+        except StoreError as exc:
+            self._store_failed("undelivered", exc)
+            return
         if not records:
             self.stats.delivery_failures = 0
             return

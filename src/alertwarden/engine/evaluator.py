@@ -520,6 +520,26 @@ class Evaluator:
         self._orphans = []
         return changed, forgotten
 
+    def requeue(
+        self, changed: Sequence[GroupSnapshot], forgotten: Sequence[tuple[str, GroupKey]]
+    ) -> None:
+        """Mark drained changes as pending again after a flush that failed.
+
+        The next drain snapshots the groups as they are then, so nothing is lost and nothing
+        stale is written.
+        """
+        for snap in changed:
+            state = self._by_id.get(snap.rule_id)
+            slot = state.table.slots.get(snap.key) if state is not None else None
+            if state is not None and slot is not None:
+                state.dirty.add(slot)
+        for rule_id, key in forgotten:
+            state = self._by_id.get(rule_id)
+            if state is None:
+                self._orphans.append((rule_id, key))
+            elif key not in state.table.slots:
+                state.forgotten.add(key)
+
     def checkpoint(self, source: str, offset: int) -> Checkpoint:
         """Return the checkpoint for a flush taken before the record at `offset` is applied."""
         ticked = {s.rule.id: s.ticked for s in self._states if s.ticked is not None}
