@@ -107,6 +107,52 @@ class RestoreReport:
 _WRONG_TYPE = object()
 
 
+class _RuleDispatch:
+    """Picks the rules an event can match, so most events test one rule and not all of them.
+
+    A rule with an index hint can only match an event whose string value at the hint's path is
+    one of the hint's values; rules without a hint, and every rule when the value is not a
+    string, go through their full match filter.
+    """
+
+    def __init__(self, states: list[_RuleState]) -> None:
+        self.states = states
+        self._always: list[_RuleState] = []
+        # path text -> (path, folded value -> rules, exact value -> rules, all rules on the path)
+        self._indexes: dict[
+            str,
+            tuple[FieldPath, dict[str, list[_RuleState]], dict[str, list[_RuleState]], list[_RuleState]],
+        ] = {}
+        for state in states:
+            hint = getattr(state.rule, "index_hint", None)
+            if hint is None:
+                self._always.append(state)
+                continue
+            path, folded, exact, members = self._indexes.setdefault(
+                hint.path.text, (hint.path, {}, {}, [])
+            )
+            members.append(state)
+            table = exact if hint.case_sensitive else folded
+            for value in hint.values:
+                table.setdefault(value, []).append(state)
+        self._simple = not self._indexes
+
+    def candidates(self, fields: dict[str, Any]) -> list[_RuleState]:
+        if self._simple:
+            return self.states
+        found = list(self._always)
+        for path, folded, exact, members in self._indexes.values():
+            value = path.get(fields)
+            if value.__class__ is not str:
+                found.extend(members)
+                continue
+            if folded:
+                found.extend(folded.get(value.casefold(), ()))
+            if exact:
+                found.extend(exact.get(value, ()))
+        return found
+
+
 class _RuleState:
     """Per-rule evaluation state: the group table plus clock bookkeeping."""
 
@@ -118,10 +164,10 @@ class _RuleState:
         "now_bucket",
         "ticked",
         "active",
-        "dirty",
         "forgotten",
         "frozen",
         "stats",
+        "single_path",
     )
 
     def __init__(self, rule: RuleLike) -> None:
@@ -134,10 +180,11 @@ class _RuleState:
         self.ticked: int | None = None
         # Slots that can change at a boundary: firing, in a cooldown_hit episode, or restored.
         self.active: set[int] = set()
-        self.dirty: set[int] = set()
         self.forgotten: set[GroupKey] = set()
         self.frozen: dict[GroupKey, int] = {}
         self.stats = RuleStats()
+        # The common one-field key, looked up without the general loop.
+        self.single_path = rule.group_by_paths[0] if len(rule.group_by_paths) == 1 else None
 
 
 class Evaluator:
@@ -157,8 +204,12 @@ class Evaluator:
         self.now: float | None = None
         self._states = [_RuleState(rule) for rule in rules]
         self._by_id = {state.rule.id: state for state in self._states}
-        self._logs_states = [s for s in self._states if s.rule.signal is not Signal.EVENTS]
-        self._events_states = [s for s in self._states if s.rule.signal is not Signal.LOGS]
+        self._logs_dispatch = _RuleDispatch(
+            [s for s in self._states if s.rule.signal is not Signal.EVENTS]
+        )
+        self._events_dispatch = _RuleDispatch(
+            [s for s in self._states if s.rule.signal is not Signal.LOGS]
+        )
         self.stats = EngineStats(rules={s.rule.id: s.stats for s in self._states})
         self.flush_interval_s = min((s.bucket_s for s in self._states), default=60)
         # Rows of rules that no longer exist or whose window changed; deleted by the next flush.
@@ -166,6 +217,9 @@ class Evaluator:
         # Step of the work in progress; a transition snapshots its group with it as position.
         self._step = 0
         self._position_base = 0
+        # Earliest time at which some rule crosses a bucket boundary; below it advance() only
+        # moves the clock.
+        self._next_boundary_s = -math.inf
 
     # ----------------------------------------------------------------- clock
 
@@ -191,8 +245,13 @@ class Evaluator:
         The clock never moves backwards; an earlier `now_s` changes nothing.
         """
         out: list[Transition] = []
-        if self.now is not None and now_s <= self.now:
-            return out
+        if self.now is not None:
+            if now_s <= self.now:
+                return out
+            if now_s < self._next_boundary_s:
+                # Same bucket for every rule: nothing to evaluate, only the clock moves.
+                self.now = now_s
+                return out
         step = self._position_base + 2 * offset
         for state in self._states:
             target = int(now_s // state.bucket_s)
@@ -203,9 +262,16 @@ class Evaluator:
                 self._tick_until(state, target, step, out)
             state.now_bucket = target
         self.now = now_s
+        self._update_next_boundary()
         if len(self._states) > 1 and out:
             out.sort(key=_transition_time)
         return out
+
+    def _update_next_boundary(self) -> None:
+        self._next_boundary_s = min(
+            ((state.now_bucket + 1) * state.bucket_s for state in self._states if state.now_bucket is not None),
+            default=-math.inf,
+        )
 
     # ------------------------------------------------------------- counting
 
@@ -235,14 +301,18 @@ class Evaluator:
         out: list[Transition] = []
         stats = self.stats
         stats.events += 1
-        time_s, skewed = self.effective_time(event.time_s, arrival_s)
-        if skewed:
-            stats.clock_skew += 1
+        if arrival_s is None and self.settings.clock is ClockMode.EVENT:
+            time_s = event.time_s
+        else:
+            time_s, skewed = self.effective_time(event.time_s, arrival_s)
+            if skewed:
+                stats.clock_skew += 1
         if self.now is None or time_s > self.now:
             # Only reachable when count() is called without advance_for() first.
             out.extend(self.advance(time_s, offset))
-        states = self._events_states if event.signal is Signal.EVENTS else self._logs_states
+        dispatch = self._events_dispatch if event.signal is Signal.EVENTS else self._logs_dispatch
         fields = event.fields
+        states = dispatch.candidates(fields)
         step = self._position_base + 2 * offset + 1
         self._step = step
         matched_any = False
@@ -292,15 +362,21 @@ class Evaluator:
                 return
             del state.frozen[key]
 
-        if bucket > table.heads[slot]:
+        head = table.heads[slot]
+        if bucket > head:
             table.advance_head(slot, bucket)
-        table.counts[slot * state.n_buckets + bucket % state.n_buckets] += 1
-        table.totals[slot] += 1
+            head = bucket
+        n_buckets = state.n_buckets
+        table.counts[slot * n_buckets + bucket % n_buckets] += 1
+        total = table.totals[slot] + 1
+        table.totals[slot] = total
         if not time_s <= table.last_seen[slot]:  # also true when last_seen is NaN
             table.last_seen[slot] = time_s
-        state.dirty.add(slot)
+        if not table.dirty_flags[slot]:
+            table.dirty_flags[slot] = 1
+            table.dirty_slots.append(slot)
 
-        count = table.window_count(slot, now_bucket)
+        count = total if head == now_bucket else table.window_count(slot, now_bucket)
         flags = table.flags[slot]
         # Fast path: most events leave an ok group below its threshold.
         if flags == 0 and count < rule.threshold:
@@ -314,6 +390,10 @@ class Evaluator:
     ) -> GroupKey | None:
         """Build the group key, or return None when the event is not counted for this rule."""
         rule = state.rule
+        if state.single_path is not None and not captures:
+            raw = state.single_path.get(fields)
+            if raw.__class__ is str and raw:
+                return (raw,)
         values: list[str | None] = []
         missing = False
         for name, path in zip(rule.group_by, rule.group_by_paths):
@@ -379,7 +459,7 @@ class Evaluator:
 
         new_flags = table.flags[slot]
         if new_flags != flags:
-            state.dirty.add(slot)
+            table.mark_dirty(slot)
         if new_flags:
             state.active.add(slot)
         else:
@@ -461,7 +541,6 @@ class Evaluator:
                 table.schedule(slot, max(bucket + 1, math.ceil(ends_at / state.bucket_s)))
                 continue
             state.active.discard(slot)
-            state.dirty.discard(slot)
             state.forgotten.add(table.remove(slot))
 
     def _is_frozen(self, state: _RuleState, slot: int, step: int) -> bool:
@@ -509,11 +588,10 @@ class Evaluator:
         forgotten: list[tuple[str, GroupKey]] = []
         for state in self._states:
             keys = state.table.keys
-            for slot in state.dirty:
+            for slot in state.table.take_dirty():
                 if state.frozen and keys[slot] in state.frozen:
                     continue
                 changed.append(self._snapshot(state, slot, position))
-            state.dirty.clear()
             forgotten.extend((state.rule.id, key) for key in state.forgotten)
             state.forgotten.clear()
         forgotten.extend(self._orphans)
@@ -532,7 +610,7 @@ class Evaluator:
             state = self._by_id.get(snap.rule_id)
             slot = state.table.slots.get(snap.key) if state is not None else None
             if state is not None and slot is not None:
-                state.dirty.add(slot)
+                state.table.mark_dirty(slot)
         for rule_id, key in forgotten:
             state = self._by_id.get(rule_id)
             if state is None:
@@ -571,6 +649,7 @@ class Evaluator:
             for state in self._states:
                 state.now_bucket = int(checkpoint.now // state.bucket_s)
                 state.ticked = checkpoint.ticked.get(state.rule.id, state.now_bucket)
+            self._update_next_boundary()
         base_position = checkpoint.position if checkpoint is not None else -1
         if replay and checkpoint is not None:
             self._position_base = checkpoint.position - 2 * checkpoint.offset

@@ -39,6 +39,10 @@ class GroupTable:
         self.last_fired = array("d")
         self.last_notified = array("d")
         self.flags = bytearray()
+        # Changed since the last flush: a flag per slot plus the list of flagged slots. A set of
+        # slots would cost about 40 bytes more per changed group.
+        self.dirty_flags = bytearray()
+        self.dirty_slots: list[int] = []
         self._free: list[int] = []
         # Expiry schedule: bucket index -> slots whose window may be empty from that bucket on.
         # Entries may be stale (the group got newer events, or the slot was reused); the reader
@@ -63,6 +67,7 @@ class GroupTable:
             self.last_fired[slot] = NO_TIME
             self.last_notified[slot] = NO_TIME
             self.flags[slot] = 0
+            self.dirty_flags[slot] = 0
         else:
             slot = len(self.keys)
             self.keys.append(key)
@@ -73,9 +78,23 @@ class GroupTable:
             self.last_fired.append(NO_TIME)
             self.last_notified.append(NO_TIME)
             self.flags.append(0)
+            self.dirty_flags.append(0)
         self.slots[key] = slot
         self.schedule(slot, head + n)
         return slot
+
+    def mark_dirty(self, slot: int) -> None:
+        if not self.dirty_flags[slot]:
+            self.dirty_flags[slot] = 1
+            self.dirty_slots.append(slot)
+
+    def take_dirty(self) -> list[int]:
+        """Return the changed slots that still hold a group, and clear every mark."""
+        slots = [slot for slot in self.dirty_slots if self.dirty_flags[slot]]
+        for slot in self.dirty_slots:
+            self.dirty_flags[slot] = 0
+        self.dirty_slots = []
+        return slots
 
     def remove(self, slot: int) -> GroupKey:
         """Forget the group in `slot` and return its key."""
@@ -83,6 +102,7 @@ class GroupTable:
         assert key is not None
         del self.slots[key]
         self.keys[slot] = None
+        self.dirty_flags[slot] = 0
         self._free.append(slot)
         return key
 
