@@ -20,7 +20,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alertwarden.errors import ConfigError, SinkError
+from alertwarden.errors import ConfigError, OutputClosedError, SinkError
 from alertwarden.sinks.base import Notification
 from alertwarden.sinks.fanout import FanoutError, FanoutSink
 from alertwarden.sinks.stdout import (
@@ -175,9 +175,12 @@ class _BrokenStream(io.StringIO):
         raise BrokenPipeError(32, "Broken pipe")
 
 
-async def test_console_broken_pipe_raises_sink_error() -> None:
-    with pytest.raises(SinkError, match="Broken pipe"):
+async def test_console_broken_pipe_raises_output_closed() -> None:
+    with pytest.raises(OutputClosedError, match="closed by its reader") as raised:
         await ConsoleSink(_BrokenStream(), color=False).send(make_notification())
+
+    assert isinstance(raised.value, SinkError)
+    assert isinstance(raised.value.__cause__, BrokenPipeError)
 
 
 class _FlushCountingStream(io.StringIO):

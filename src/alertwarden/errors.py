@@ -25,5 +25,9 @@ class SinkError(AlertwardenError):
     """A notification could not be delivered after all retries."""
 
 
+class OutputClosedError(SinkError):
+    """The reader of stdout went away (a closed pipe); the run stops instead of retrying."""
+
+
 class ConfigError(AlertwardenError):
     """A command-line option or setting is invalid."""

@@ -20,11 +20,12 @@ from typing import Any
 
 from alertwarden.engine.evaluator import Evaluator, RestoreReport
 from alertwarden.engine.records import FlushBatch, Transition, format_time
-from alertwarden.errors import SinkError, StoreError
+from alertwarden.errors import OutputClosedError, SinkError, StoreError
 from alertwarden.events import Event
 from alertwarden.logs import RateLimitedLog, get_logger
 from alertwarden.rules import CompiledRule, format_duration
 from alertwarden.sinks.base import Notification, Sink
+from alertwarden.sinks.fanout import FanoutError
 from alertwarden.store.base import HistoryRecord, StateStore
 
 log = get_logger(__name__)
@@ -73,6 +74,7 @@ class RuleGroupPipeline:
         self.rule_group = evaluator.rule_group
         self.history_retention_s = history_retention_s
         self.stats = PipelineStats()
+        self.output_closed = False
         self.resume_offset = 0
         self._flushed_bucket: int | None = None
         self._last_offset = 0
@@ -279,7 +281,15 @@ class RuleGroupPipeline:
     async def _send(self, notification: Notification) -> bool:
         try:
             await self.sink.send(notification)
+        except OutputClosedError:
+            # Like `head` closing a pipe: stop the run; the outbox keeps what was not sent.
+            self.output_closed = True
+            return False
         except SinkError as exc:
+            if isinstance(exc, FanoutError) and any(
+                isinstance(error, OutputClosedError) for _, error in exc.failures
+            ):
+                self.output_closed = True
             self.stats.delivery_failures += 1
             self._log.error(
                 "delivery_failed",
@@ -292,17 +302,18 @@ class RuleGroupPipeline:
         return True
 
     async def _deliver(self, pending: list[tuple[int, Notification]]) -> None:
-        """Send stored transitions in order; stop at the first failure, the outbox keeps the rest."""
-        delivered: list[int] = []
+        """Send stored transitions in order, marking each delivered as soon as it is sent.
+
+        Marking one by one keeps the repeats after a kill to the one transition that was sent
+        but not yet marked. The first failure stops the batch; the outbox keeps the rest.
+        """
         for history_id, notification in pending:
             if not await self._send(notification):
-                break
-            delivered.append(history_id)
-        if delivered:
+                return
             try:
-                await self.store.mark_delivered(self.tenant, delivered)
+                await self.store.mark_delivered(self.tenant, [history_id])
             except StoreError as exc:
-                # They stay in the outbox and are sent again after a restart (at least once).
+                # It stays in the outbox and is sent again after a restart (at least once).
                 self._store_failed("mark_delivered", exc)
 
     async def _redeliver(self) -> None:

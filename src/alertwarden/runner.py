@@ -118,11 +118,11 @@ class InputRunner:
         for count, line in enumerate(self.line_input.lines(start_offset), 1):
             arrival_s = time.time() if wall else None
             await self._handle(line, arrival_s)
+            if self._stop.is_set():
+                self.summary.stopped = True
+                return
             if count % 4096 == 0:
                 self.progress.update(self.summary.end_offset)
-                if self._stop.is_set():
-                    self.summary.stopped = True
-                    return
         self.progress.update(self.summary.end_offset)
 
     async def _run_live(self, start_offset: int) -> None:
@@ -175,6 +175,9 @@ class InputRunner:
         for pipeline in self.pipelines:
             if line.offset >= pipeline.resume_offset:
                 await pipeline.process(event, line.offset, arrival_s)
+            if pipeline.output_closed and not self._stop.is_set():
+                log.info("stop_requested", reason="output closed")
+                self._stop.set()
 
     def _report_skip(self, exc: EventError, line_number: int) -> None:
         """Count a skipped record; warn once per reason and reporting interval."""

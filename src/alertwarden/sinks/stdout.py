@@ -11,7 +11,7 @@ from rich.text import Text
 
 from alertwarden.rules.durations import format_duration
 from alertwarden.engine.records import format_time
-from alertwarden.errors import SinkError
+from alertwarden.errors import OutputClosedError, SinkError
 from alertwarden.sinks.base import Notification
 
 _KIND_STYLES = {
@@ -127,6 +127,8 @@ class ConsoleSink:
             else:
                 self._console.print(_styled_line(notification))
             self._stream.flush()
+        except BrokenPipeError as exc:
+            raise OutputClosedError("standard output was closed by its reader") from exc
         except OSError as exc:
             raise SinkError(f"writing a notification to the console failed: {exc}") from exc
 
@@ -153,6 +155,8 @@ class JsonLinesSink:
         try:
             self._stream.write(line)
             self._stream.flush()
+        except BrokenPipeError as exc:
+            raise OutputClosedError("standard output was closed by its reader") from exc
         except OSError as exc:
             raise SinkError(f"writing a JSON notification line failed: {exc}") from exc
 
