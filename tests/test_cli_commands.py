@@ -364,7 +364,8 @@ def test_run_missing_input_file(burst_rules: Path, tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert done.stdout == ""
-    assert "No such file or directory" in done.stderr
+    assert "not found" in done.stderr
+    assert "--input" in done.stderr
     assert str(missing) in done.stderr
     assert not state.exists()
 

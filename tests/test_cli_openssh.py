@@ -181,4 +181,4 @@ def test_openssh_summary_on_stderr(backtest: tuple[list[dict[str, object]], str]
     assert cells[4] == "18"
     # Sum of fired -> recovered spans, e.g. 08:25:11 -> 08:35:00 = 589 s, plus the two groups
     # still firing up to the last line at 11:04:45 (608 s and 49 s).
-    assert cells[5] == "5795s (2 still firing)"
+    assert cells[5] == "1h36m35s (2 still firing)"

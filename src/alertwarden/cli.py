@@ -182,8 +182,10 @@ def backtest(
         rule_stats.update(pipeline.evaluator.stats.rules)
         if pipeline.evaluator.now is not None:
             ends.append(pipeline.evaluator.now)
-    # The table goes to stderr with --output jsonl so stdout stays pure JSON lines.
-    console = Console(stderr=True) if output == "jsonl" else Console()
+    # The table goes to stderr with --output jsonl so stdout stays pure JSON lines. Off a
+    # terminal rich would squeeze it into 80 columns, which truncates rule ids.
+    stream = sys.stderr if output == "jsonl" else sys.stdout
+    console = Console(file=stream, width=None if stream.isatty() else 160)
     console.print(recorder.table(compiled, rule_stats, end_s=max(ends, default=None)))
     if summary.skipped:
         skipped = ", ".join(f"{reason}={count}" for reason, count in sorted(summary.skipped.items()))
@@ -227,6 +229,11 @@ async def _run(
     if options.path == "-":
         line_input = StdinInput(max_line_bytes=options.max_line_bytes)
         total_bytes = None
+    elif not os.path.isfile(options.path):
+        raise ConfigError(
+            f"input file {options.path!r} not found or not a regular file: "
+            "check --input, or use --input - for standard input"
+        )
     else:
         line_input = FileInput(options.path, max_line_bytes=options.max_line_bytes)
         total_bytes = os.path.getsize(options.path)
@@ -375,7 +382,7 @@ class SummarySink:
         """Build the per-rule summary; groups still firing count as firing until `end_s`."""
         table = Table(title="backtest summary")
         for column in ("rule", "events matched", "groups opened", "fires", "transitions", "time firing"):
-            table.add_column(column, justify="left" if column == "rule" else "right")
+            table.add_column(column, justify="left" if column == "rule" else "right", no_wrap=True)
         for rule in rules:
             tally = self.tallies.get(rule.id, _RuleTally())
             stats = rule_stats.get(rule.id)
@@ -383,7 +390,7 @@ class SummarySink:
             still_firing = len(tally.firing_since)
             if end_s is not None:
                 firing_s += sum(end_s - since for since in tally.firing_since.values())
-            firing = format_duration(int(firing_s))
+            firing = _format_span(firing_s)
             if still_firing:
                 firing += f" ({still_firing} still firing)"
             table.add_row(
@@ -395,6 +402,17 @@ class SummarySink:
                 firing,
             )
         return table
+
+
+def _format_span(seconds: float) -> str:
+    """Format a length of time for people: 5795 -> 1h36m35s."""
+    whole = int(round(seconds))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes else ""]
+    text = "".join(parts)
+    return text + f"{secs}s" if secs or not text else text
 
 
 def main() -> None:  # pragma: no cover - console entry point
