@@ -110,6 +110,8 @@ class RuleGroupPipeline:
             self._flushed_bucket = self._flush_bucket(now)
         self._log_restore(report, checkpoint is not None)
         await self._redeliver()
+        if report.reset_transitions:
+            await self._emit(report.reset_transitions)
         return report
 
     async def finish(self, offset: int) -> None:
@@ -342,6 +344,7 @@ class RuleGroupPipeline:
             window_s=transition.window_s,
             group=dict(transition.group),
             captures=transition.captures,
+            reason=transition.reason,
         )
 
     def _notification_from_record(self, record: HistoryRecord) -> Notification:
@@ -355,6 +358,7 @@ class RuleGroupPipeline:
             window_s=int(record.details.get("window_s", 0)),
             group=record.group,
             captures=record.details.get("captures", {}),
+            reason=record.details.get("reason"),
         )
 
     def _build_notification(
@@ -369,6 +373,7 @@ class RuleGroupPipeline:
         window_s: int,
         group: dict[str, str | None],
         captures: Mapping[str, Any],
+        reason: str | None = None,
     ) -> Notification:
         rule = self.rules.get(rule_id)
         annotations: dict[str, str] = {}
@@ -404,6 +409,7 @@ class RuleGroupPipeline:
             severity=rule.severity if rule is not None else None,
             labels=dict(rule.labels) if rule is not None else {},
             annotations=annotations,
+            reason=reason,
         )
 
     def _log_restore(self, report: RestoreReport, had_checkpoint: bool) -> None:

@@ -101,6 +101,9 @@ class RestoreReport:
     groups: int = 0
     frozen: int = 0
     reset_rules: set[str] = field(default_factory=set)
+    # `recovered` transitions for groups that were firing when their rule's window or bucket
+    # changed; the pipeline stores and sends them so receivers see the alert resolve.
+    reset_transitions: list[Transition] = field(default_factory=list)
     dropped_unknown_rules: set[str] = field(default_factory=set)
 
 
@@ -668,6 +671,9 @@ class Evaluator:
                 if snap.window_s != state.rule.window_s or snap.bucket_s != state.bucket_s:
                     report.reset_rules.add(rule_id)
                     self._orphans.append((rule_id, snap.key))
+                    if snap.status is GroupStatus.FIRING:
+                        at = checkpoint.now if checkpoint and checkpoint.now is not None else snap.last_seen_at
+                        report.reset_transitions.append(_reset_transition(state.rule, snap, at))
                     continue
                 self._restore_group(state, snap)
                 report.groups += 1
@@ -709,6 +715,21 @@ class Evaluator:
         if slot is None or state.now_bucket is None:
             return 0
         return state.table.window_count(slot, state.now_bucket)
+
+
+def _reset_transition(rule: RuleLike, snap: GroupSnapshot, at: float) -> Transition:
+    """Build the `recovered` a firing group gets when its rule's window or bucket changed."""
+    return Transition(
+        at=at,
+        rule_id=rule.id,
+        group=tuple(zip(rule.group_by, snap.key)),
+        kind=TransitionKind.RECOVERED,
+        count=0,
+        threshold=rule.threshold,
+        window_s=snap.window_s,
+        snapshot=snap,
+        reason="rule window or bucket changed; the group starts afresh",
+    )
 
 
 def _key_value(raw: Any) -> Any:

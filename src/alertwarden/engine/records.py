@@ -96,6 +96,8 @@ class Transition:
     window_s: int
     snapshot: GroupSnapshot
     captures: dict[str, Any] = field(default_factory=dict, compare=False)
+    reason: str | None = None
+    """Why a transition happened outside the rules, such as a group reset by a rule change."""
 
     @property
     def key(self) -> GroupKey:
@@ -118,6 +120,7 @@ class Transition:
             "count": self.count,
             "threshold": self.threshold,
             "window_s": self.window_s,
+            **({"reason": self.reason} if self.reason else {}),
         }
 
 

@@ -29,6 +29,7 @@ class Notification:
     severity: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class Notification:
             "severity": self.severity,
             "labels": self.labels,
             "annotations": self.annotations,
+            **({"reason": self.reason} if self.reason else {}),
         }
 
 

@@ -1,0 +1,304 @@
+"""Pipeline behaviour around the store: outages, rule changes across restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from alertwarden.engine.evaluator import Evaluator
+from alertwarden.engine.records import FlushBatch, Transition
+from alertwarden.errors import StoreError
+from alertwarden.events import Event, Signal
+from alertwarden.pipeline import RuleGroupPipeline
+from alertwarden.rules import CompiledRule, load_rules_text
+from alertwarden.sinks.base import Notification
+from alertwarden.store.sqlite import SQLiteStore
+
+T0 = 1_709_632_800.0  # 2024-03-05T10:00:00Z
+
+RULES = """
+- id: errors
+  match: {field: severity, equals: error}
+  group_by: [host]
+  threshold: 3
+  window: 5m
+  bucket: 1m
+  cooldown: 0
+  renotify: 0
+"""
+
+
+class CollectingSink:
+    def __init__(self) -> None:
+        self.sent: list[Notification] = []
+
+    async def send(self, notification: Notification) -> None:
+        self.sent.append(notification)
+
+    async def close(self) -> None:
+        return None
+
+
+ALL_WRITES = frozenset({"record_transitions", "flush", "undelivered", "mark_delivered", "prune_history"})
+
+
+class FlakyStore:
+    """Wraps a store; while `down` is set, the methods named in `failing` raise StoreError."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+        self.down = False
+        self.failing: frozenset[str] = ALL_WRITES
+        self.failed_calls = 0
+        self.failed_batches: list[FlushBatch] = []
+        self.written_batches: list[FlushBatch] = []
+
+    def _check(self, method: str) -> None:
+        if self.down and method in self.failing:
+            self.failed_calls += 1
+            raise StoreError("connection refused (simulated)")
+
+    async def load(self, tenant: str, rule_group: str):  # noqa: ANN201
+        return await self.inner.load(tenant, rule_group)
+
+    async def record_transitions(
+        self, tenant: str, rule_group: str, transitions: Sequence[Transition]
+    ) -> list[int]:
+        self._check("record_transitions")
+        return await self.inner.record_transitions(tenant, rule_group, transitions)
+
+    async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
+        if self.down and "flush" in self.failing:
+            self.failed_batches.append(batch)
+        self._check("flush")
+        await self.inner.flush(tenant, rule_group, batch)
+        self.written_batches.append(batch)
+
+    async def undelivered(self, tenant: str, rule_group: str):  # noqa: ANN201
+        self._check("undelivered")
+        return await self.inner.undelivered(tenant, rule_group)
+
+    async def mark_delivered(self, tenant: str, ids: Sequence[int]) -> None:
+        self._check("mark_delivered")
+        await self.inner.mark_delivered(tenant, ids)
+
+    async def prune_history(self, tenant: str, before_s: float) -> int:
+        self._check("prune_history")
+        return await self.inner.prune_history(tenant, before_s)
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def events() -> list[Event]:
+    """Bursts for two hosts over 40 minutes: several fires and recoveries each."""
+    out = []
+    for minute in range(40):
+        for host in ("web-1", "web-2"):
+            if (minute // 6) % 2 == (0 if host == "web-1" else 1):
+                for second in (5, 25, 45):
+                    fields = {"severity": "error", "host": host}
+                    out.append(Event(T0 + minute * 60 + second, fields, Signal.LOGS))
+    return out
+
+
+def make_pipeline(
+    rules: list[CompiledRule], store: object, sink: CollectingSink, clock: FakeMonotonic | None = None
+) -> RuleGroupPipeline:
+    kwargs = {"monotonic": clock} if clock is not None else {}
+    return RuleGroupPipeline(
+        Evaluator(rules), rules, store, sink, source="test", **kwargs  # type: ignore[arg-type]
+    )
+
+
+def no_resume(source: str, offset: int) -> tuple[int, str | None]:
+    return offset, None
+
+
+def history_rows(records: list) -> list[tuple]:
+    return sorted((r.at, r.rule_id, tuple(r.group.items()), r.kind, r.count) for r in records)
+
+
+async def stored_groups(store: SQLiteStore) -> list:
+    """Return the stored snapshots without `position`, which depends on when flushes ran."""
+    stored = await store.load("default", "default")
+    snapshots = [snap for snaps in stored.groups.values() for snap in snaps]
+    return sorted((replace(snap, position=0) for snap in snapshots), key=lambda snap: snap.key)
+
+
+async def run_clean(tmp_path: Path, stream: list[Event]) -> tuple[list[tuple], list[str], list]:
+    rules = load_rules_text(RULES)
+    store = SQLiteStore(tmp_path / "clean.sqlite")
+    await store.open()
+    sink = CollectingSink()
+    pipeline = make_pipeline(rules, store, sink)
+    await pipeline.start(no_resume)
+    for offset, event in enumerate(stream):
+        await pipeline.process(event, offset)
+    await pipeline.finish(len(stream))
+    rows = history_rows(await store.history("default"))
+    groups = await stored_groups(store)
+    await store.close()
+    return rows, [n.transition_id for n in sink.sent], groups
+
+
+async def test_store_outage_loses_nothing(tmp_path: Path) -> None:
+    full = events()
+    outage = range(len(full) // 4, len(full) // 2)
+    # End shortly after the outage, so some groups changed only while the store was down.
+    stream = full[: outage.stop + 3]
+    reference_rows, reference_ids, reference_groups = await run_clean(tmp_path, stream)
+    assert len(reference_rows) >= 4
+    assert reference_groups
+
+    rules = load_rules_text(RULES)
+    inner = SQLiteStore(tmp_path / "flaky.sqlite")
+    await inner.open()
+    store = FlakyStore(inner)
+    sink = CollectingSink()
+    clock = FakeMonotonic()
+    pipeline = make_pipeline(rules, store, sink, clock)
+    await pipeline.start(no_resume)
+
+    half = (outage.start + outage.stop) // 2
+    for offset, event in enumerate(stream):
+        store.down = offset in outage
+        # First only flushes fail, so the evaluator must take drained changes back; then all.
+        store.failing = frozenset({"flush"}) if offset < half else ALL_WRITES
+        clock.now += 0.5
+        await pipeline.process(event, offset)
+        if offset in outage:
+            assert not pipeline.ready
+    await pipeline.finish(len(stream))
+    assert pipeline.ready
+
+    assert store.failed_calls > 0
+    assert store.failed_batches
+    # Every group a failed flush carried is written, or deleted, by a later flush.
+    later = {(snap.rule_id, snap.key) for batch in store.written_batches for snap in batch.changed}
+    later |= {item for batch in store.written_batches for item in batch.forgotten}
+    for batch in store.failed_batches:
+        for snap in batch.changed:
+            assert (snap.rule_id, snap.key) in later
+        for item in batch.forgotten:
+            assert item in later
+    assert history_rows(await inner.history("default")) == reference_rows
+    # Alerts were not held back by the outage: every transition was sent exactly once.
+    assert sorted(n.transition_id for n in sink.sent) == sorted(reference_ids)
+    assert await inner.undelivered("default", "default") == []
+    # Groups changed only during the outage were written by the first flush after it.
+    assert await stored_groups(inner) == reference_groups
+    await inner.close()
+
+
+async def test_flush_backs_off_while_store_down(tmp_path: Path) -> None:
+    rules = load_rules_text(RULES)
+    inner = SQLiteStore(tmp_path / "down.sqlite")
+    await inner.open()
+    store = FlakyStore(inner)
+    clock = FakeMonotonic()
+    pipeline = make_pipeline(rules, store, CollectingSink(), clock)
+    await pipeline.start(no_resume)
+    store.down = True
+
+    for offset, event in enumerate(events()[:60]):
+        await pipeline.process(event, offset)
+    # The clock did not move, so after the first failure every further flush waits.
+    calls_while_waiting = store.failed_calls
+    assert calls_while_waiting >= 1
+    for offset, event in enumerate(events()[60:90], 60):
+        await pipeline.process(event, offset)
+    assert store.failed_calls == calls_while_waiting
+
+    clock.now += 2.0
+    store.down = False
+    await pipeline.finish(90)
+    assert pipeline.ready
+    stored = await inner.load("default", "default")
+    assert stored.checkpoint is not None
+    assert stored.checkpoint.offset == 90
+    await inner.close()
+
+
+async def test_final_flush_failure_raises(tmp_path: Path) -> None:
+    rules = load_rules_text(RULES)
+    inner = SQLiteStore(tmp_path / "final.sqlite")
+    await inner.open()
+    store = FlakyStore(inner)
+    pipeline = make_pipeline(rules, store, CollectingSink(), FakeMonotonic())
+    await pipeline.start(no_resume)
+    await pipeline.process(events()[0], 0)
+    store.down = True
+
+    with pytest.raises(StoreError, match="simulated"):
+        await pipeline.finish(1)
+    await inner.close()
+
+
+async def test_window_change_resolves_firing(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    store = SQLiteStore(path)
+    await store.open()
+    rules = load_rules_text(RULES)
+    pipeline = make_pipeline(rules, store, CollectingSink())
+    await pipeline.start(no_resume)
+    stream = [e for e in events() if e.fields["host"] == "web-1"][:3]
+    for offset, event in enumerate(stream):
+        await pipeline.process(event, offset)
+    await pipeline.finish(len(stream))
+    assert [n.kind for n in pipeline.sink.sent] == ["fired"]  # type: ignore[attr-defined]
+
+    changed = load_rules_text(RULES.replace("window: 5m", "window: 10m"))
+    sink = CollectingSink()
+    restarted = make_pipeline(changed, store, sink)
+    report = await restarted.start(no_resume)
+
+    assert report.reset_rules == {"errors"}
+    assert [n.kind for n in sink.sent] == ["recovered"]
+    assert sink.sent[0].group == {"host": "web-1"}
+    assert sink.sent[0].reason is not None
+    assert "window" in sink.sent[0].reason
+    assert restarted.evaluator.group_count("errors") == 0
+    await restarted.finish(len(stream))
+    stored = await store.load("default", "default")
+    assert stored.groups.get("errors", []) == []
+    kinds = [r.kind for r in await store.history("default")]
+    assert kinds == ["fired", "recovered"]
+    await store.close()
+
+
+async def test_failed_flush_keeps_changes(tmp_path: Path) -> None:
+    rules = load_rules_text(RULES)
+    inner = SQLiteStore(tmp_path / "requeue.sqlite")
+    await inner.open()
+    store = FlakyStore(inner)
+    store.failing = frozenset({"flush"})
+    clock = FakeMonotonic()
+    pipeline = make_pipeline(rules, store, CollectingSink(), clock)
+    await pipeline.start(no_resume)
+
+    # web-1 changes once, before the flush at the 10:01 boundary, which fails.
+    await pipeline.process(Event(T0 + 5, {"severity": "error", "host": "web-1"}, Signal.LOGS), 0)
+    store.down = True
+    await pipeline.process(Event(T0 + 65, {"severity": "error", "host": "web-2"}, Signal.LOGS), 1)
+    assert [snap.key for snap in store.failed_batches[0].changed] == [("web-1",)]
+    assert not pipeline.ready
+
+    # The store is back and the backoff has passed: the 10:02 flush must still carry web-1.
+    store.down = False
+    clock.now += 5.0
+    await pipeline.process(Event(T0 + 125, {"severity": "error", "host": "web-2"}, Signal.LOGS), 2)
+    assert pipeline.ready
+    written = {snap.key for snap in store.written_batches[-1].changed}
+    assert written == {("web-1",), ("web-2",)}
+    stored = await inner.load("default", "default")
+    assert sorted(snap.key for snap in stored.groups["errors"]) == [("web-1",), ("web-2",)]
+    await inner.close()
