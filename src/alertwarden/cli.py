@@ -142,12 +142,14 @@ def run(
         settings = EngineSettings(clock=clock_mode, max_future_skew_s=parse_duration(max_future_skew))
         sink = _make_sink(output, webhook or [])
         retention_s = parse_duration(history_retention)
-        summary, _ = asyncio.run(
+        summary, pipelines = asyncio.run(
             _run(compiled, options, settings, SQLiteStore(state), sink, tenant, retention_s)
         )
     if summary.skipped:
         skipped = ", ".join(f"{reason}={count}" for reason, count in sorted(summary.skipped.items()))
         log.warning("input_records_skipped", counts=skipped)
+    for pipeline in pipelines:
+        _log_rule_counters(pipeline)
     log.info("run_finished", lines=summary.lines, events=summary.events, stopped=summary.stopped)
 
 
@@ -282,6 +284,25 @@ def _pipelines(
         )
         pipelines.append(pipeline)
     return pipelines
+
+
+def _log_rule_counters(pipeline: RuleGroupPipeline) -> None:
+    """Log each rule's counters once at the end of a run."""
+    evaluator = pipeline.evaluator
+    for rule_id, stats in evaluator.stats.rules.items():
+        log.info(
+            "rule_counters",
+            rule_group=evaluator.rule_group,
+            rule=rule_id,
+            matched=stats.matched,
+            late=stats.late,
+            missing_key=stats.missing_key,
+            skipped_missing_key=stats.skipped_missing_key,
+            wrong_type_key=stats.wrong_type_key,
+            capped=stats.capped,
+            live_groups=evaluator.group_count(rule_id),
+            **{f"transitions_{kind}": count for kind, count in sorted(stats.transitions.items())},
+        )
 
 
 def _make_sink(output: str, webhooks: list[str]) -> Sink:

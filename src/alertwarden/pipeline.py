@@ -75,6 +75,9 @@ class RuleGroupPipeline:
         self.history_retention_s = history_retention_s
         self.stats = PipelineStats()
         self.output_closed = False
+        # Counter values already logged, so each warning reports what is new since the last.
+        self._reported_skew = 0
+        self._reported_drops: dict[str, tuple[int, int, int]] = {}
         self.resume_offset = 0
         self._flushed_bucket: int | None = None
         self._last_offset = 0
@@ -189,8 +192,32 @@ class RuleGroupPipeline:
         self.stats.flushed_rows += len(changed) + len(forgotten)
         self.stats.flush_seconds += time.perf_counter() - started
         await self._prune(checkpoint.now)
+        self._log_dropped_events()
         if self.stats.delivery_failures:
             await self._redeliver()
+
+    def _log_dropped_events(self) -> None:
+        """Warn, once per flush and so once per bucket, about events a rule did not count."""
+        engine_stats = self.evaluator.stats
+        skew = engine_stats.clock_skew - self._reported_skew
+        if skew:
+            self._log.warning("events_clock_skewed", count=skew, total=engine_stats.clock_skew)
+            self._reported_skew = engine_stats.clock_skew
+        for rule_id, stats in engine_stats.rules.items():
+            current = (stats.late, stats.capped, stats.wrong_type_key)
+            before = self._reported_drops.get(rule_id, (0, 0, 0))
+            if current == before:
+                continue
+            late, capped, wrong_type = (now - then for now, then in zip(current, before))
+            self._reported_drops[rule_id] = current
+            self._log.warning(
+                "events_dropped",
+                rule=rule_id,
+                late=late,
+                capped=capped,
+                wrong_type_key=wrong_type,
+                live_groups=self.evaluator.group_count(rule_id),
+            )
 
     async def _prune(self, now_s: float | None) -> None:
         if now_s is None or not math.isfinite(self.history_retention_s):
