@@ -1,0 +1,1 @@
+"""Versioned SQL migrations of the PostgreSQL store, applied by alertwarden.store.migrate."""

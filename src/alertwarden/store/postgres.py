@@ -1,0 +1,1024 @@
+"""The production state store on PostgreSQL, with transition history on TimescaleDB or partitions.
+
+Every statement takes its values as bound parameters, and each batch travels as one array per
+column through `unnest`, so a flush is one INSERT and one DELETE whatever its size. COPY is not
+used because the store must also run over proxies and embedded servers that do not support
+COPY FROM STDIN.
+
+Run `alertwarden.store.migrate.migrate` before open(): the store reads the history backend that
+the migration chose from alertwarden_settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, LiteralString
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from alertwarden.engine.records import (
+    Checkpoint,
+    FlushBatch,
+    GroupKey,
+    GroupSnapshot,
+    GroupStatus,
+    Transition,
+    TransitionKind,
+)
+from alertwarden.errors import StoreError
+from alertwarden.store.base import HistoryRecord, StoredState
+
+log = logging.getLogger(__name__)
+
+HISTORY_LIMIT_MAX = 10_000
+"""Upper bound on the rows one history() call returns, whatever `limit` the caller passes."""
+
+_INT32_MAX = 2**31 - 1
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_PREVIEW_CHARS = 60
+
+_GROUP_COLUMNS: LiteralString = (
+    "rule_id, group_key, window_s, bucket_s, counts, head_bucket, last_seen_at,"
+    " last_fired_at, last_notified_at, status, suppressed, position"
+)
+
+# unnest flattens a 2-D array, so each row's counts travel as the text of an int array literal
+# and are cast per row. The WHERE clause of the update is the position guard: a snapshot taken
+# at an earlier input step never replaces a newer one that record_transitions wrote.
+_UPSERT_GROUPS: LiteralString = f"""
+INSERT INTO rule_state (tenant_id, rule_group, {_GROUP_COLUMNS})
+SELECT %(tenant)s, %(rule_group)s, r.rule_id, r.group_key, r.window_s, r.bucket_s,
+       r.counts::integer[], r.head_bucket, r.last_seen_at, r.last_fired_at,
+       r.last_notified_at, r.status, r.suppressed, r.position
+FROM unnest(
+    %(rule_id)s::text[], %(group_key)s::text[], %(window_s)s::integer[], %(bucket_s)s::integer[],
+    %(counts)s::text[], %(head_bucket)s::bigint[], %(last_seen_at)s::float8[],
+    %(last_fired_at)s::float8[], %(last_notified_at)s::float8[], %(status)s::text[],
+    %(suppressed)s::boolean[], %(position)s::bigint[]
+) AS r({_GROUP_COLUMNS})
+ON CONFLICT (tenant_id, rule_group, rule_id, group_key) DO UPDATE SET
+    window_s = excluded.window_s,
+    bucket_s = excluded.bucket_s,
+    counts = excluded.counts,
+    head_bucket = excluded.head_bucket,
+    last_seen_at = excluded.last_seen_at,
+    last_fired_at = excluded.last_fired_at,
+    last_notified_at = excluded.last_notified_at,
+    status = excluded.status,
+    suppressed = excluded.suppressed,
+    position = excluded.position
+WHERE excluded.position >= rule_state.position
+"""
+
+# A forgotten group is deleted only when its row is not newer than the flush's checkpoint, for
+# the same reason as the upsert guard.
+_DELETE_GROUPS: LiteralString = """
+DELETE FROM rule_state AS s
+USING unnest(%(rule_id)s::text[], %(group_key)s::text[]) AS f(rule_id, group_key)
+WHERE s.tenant_id = %(tenant)s AND s.rule_group = %(rule_group)s
+  AND s.rule_id = f.rule_id AND s.group_key = f.group_key AND s.position <= %(position)s
+"""
+
+_UPSERT_CHECKPOINT: LiteralString = """
+INSERT INTO input_checkpoints
+    (tenant_id, rule_group, source, "offset", position, now_s, ticked, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, now())
+ON CONFLICT (tenant_id, rule_group) DO UPDATE SET
+    source = excluded.source,
+    "offset" = excluded."offset",
+    position = excluded.position,
+    now_s = excluded.now_s,
+    ticked = excluded.ticked,
+    updated_at = excluded.updated_at
+"""
+
+_INSERT_HISTORY: LiteralString = """
+INSERT INTO evaluation_history
+    (at, at_s, tenant_id, rule_group, rule_id, group_key, kind, count, transition_id, details)
+SELECT to_timestamp(h.at_s), h.at_s, %(tenant)s, %(rule_group)s, h.rule_id, h.group_key::jsonb,
+       h.kind, h.count, h.transition_id, h.details::jsonb
+FROM unnest(
+    %(at_s)s::float8[], %(rule_id)s::text[], %(group_key)s::text[], %(kind)s::text[],
+    %(count)s::integer[], %(transition_id)s::text[], %(details)s::text[]
+) AS h(at_s, rule_id, group_key, kind, count, transition_id, details)
+ON CONFLICT (tenant_id, transition_id, at) DO NOTHING
+RETURNING transition_id, id
+"""
+
+# The day of a row is computed in SQL from the same to_timestamp() as the insert, so a time that
+# rounds up to midnight lands in the partition the insert routes it to.
+_ENSURE_PARTITIONS: LiteralString = """
+SELECT alertwarden_ensure_history_partition(day)
+FROM (
+    SELECT DISTINCT (to_timestamp(at_s) AT TIME ZONE 'UTC')::date AS day
+    FROM unnest(%s::float8[]) AS at_s
+) AS days
+"""
+
+_HISTORY_COLUMNS: LiteralString = (
+    "id, tenant_id, rule_group, transition_id, at_s, rule_id, group_key, kind, count, details,"
+    " delivered"
+)
+
+_SYNC_RULES: LiteralString = """
+INSERT INTO rule_definitions (tenant_id, rule_id, rule_group, definition, enabled, source)
+SELECT %(tenant)s, r.rule_id, %(rule_group)s, r.definition::jsonb, r.enabled, %(source)s
+FROM unnest(%(rule_id)s::text[], %(definition)s::text[], %(enabled)s::boolean[])
+    AS r(rule_id, definition, enabled)
+ON CONFLICT (tenant_id, rule_id) DO UPDATE SET
+    rule_group = excluded.rule_group,
+    definition = excluded.definition,
+    enabled = excluded.enabled,
+    source = excluded.source,
+    version = rule_definitions.version + 1,
+    updated_at = now()
+WHERE (rule_definitions.rule_group, rule_definitions.definition, rule_definitions.enabled,
+       rule_definitions.source)
+    IS DISTINCT FROM (excluded.rule_group, excluded.definition, excluded.enabled, excluded.source)
+RETURNING (xmax = 0) AS inserted
+"""
+
+_DISABLE_MISSING_FILE_RULES: LiteralString = """
+UPDATE rule_definitions SET enabled = false, version = version + 1, updated_at = now()
+WHERE tenant_id = %s AND rule_group = %s AND source = 'file' AND enabled
+  AND NOT (rule_id = ANY (%s::text[]))
+"""
+
+# A rule group is managed once it has at least one rule definition. Only then does a rule
+# without an enabled definition count as deleted, so a tenant that runs rule files without
+# syncing them keeps its state.
+_SWEEP_RULE_STATE: LiteralString = """
+DELETE FROM rule_state AS s
+WHERE EXISTS (
+        SELECT 1 FROM tenants AS t
+        WHERE t.tenant_id = s.tenant_id AND NOT t.stateful_rules)
+   OR (EXISTS (
+        SELECT 1 FROM rule_definitions AS d
+        WHERE d.tenant_id = s.tenant_id AND d.rule_group = s.rule_group)
+       AND NOT EXISTS (
+        SELECT 1 FROM rule_definitions AS d
+        WHERE d.tenant_id = s.tenant_id AND d.rule_group = s.rule_group
+          AND d.rule_id = s.rule_id AND d.enabled))
+"""
+
+_SWEEP_CHECKPOINTS: LiteralString = """
+DELETE FROM input_checkpoints AS c
+WHERE EXISTS (
+        SELECT 1 FROM tenants AS t
+        WHERE t.tenant_id = c.tenant_id AND NOT t.stateful_rules)
+   OR (EXISTS (
+        SELECT 1 FROM rule_definitions AS d
+        WHERE d.tenant_id = c.tenant_id AND d.rule_group = c.rule_group)
+       AND NOT EXISTS (
+        SELECT 1 FROM rule_definitions AS d
+        WHERE d.tenant_id = c.tenant_id AND d.rule_group = c.rule_group AND d.enabled))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    """History partitions that one maintain() call created and dropped, and the rows dropped."""
+
+    created: tuple[str, ...]
+    dropped: tuple[str, ...]
+    dropped_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """Rule definition rows that one sync_rules() call inserted, changed and disabled."""
+
+    inserted: int
+    updated: int
+    disabled: int
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """Rows that one sweep() call deleted."""
+
+    rule_state_rows: int
+    checkpoint_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Settings the migration recorded in alertwarden_settings."""
+
+    history_backend: str
+    compress_after_s: int
+    retention_s: int
+
+
+class PostgresStore:
+    """StateStore on PostgreSQL through a psycopg connection pool.
+
+    pool_min and pool_max bound the pool's connections; pool_max=1 suits servers that accept one
+    connection at a time. On the partitioned history path prune_history() runs maintain() at most
+    once per maintain_interval_s, and maintain() creates partitions_ahead_days day partitions
+    ahead of the current day. prepare_threshold is psycopg's: None turns server-side prepared
+    statements off, which servers that hand one backend session to successive clients need.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 4,
+        pool_timeout_s: float = 30.0,
+        maintain_interval_s: float = 3600.0,
+        partitions_ahead_days: int = 3,
+        prepare_threshold: int | None = 5,
+    ) -> None:
+        if not 1 <= pool_min <= pool_max:
+            raise StoreError(
+                f"invalid pool size min={pool_min!r} max={pool_max!r}: expected 1 <= min <= max"
+            )
+        if partitions_ahead_days < 0:
+            raise StoreError(
+                f"invalid partitions_ahead_days {partitions_ahead_days!r}: expected 0 or more"
+            )
+        self._url = url
+        self._pool_min = pool_min
+        self._pool_max = pool_max
+        self._pool_timeout_s = pool_timeout_s
+        self._maintain_interval_s = maintain_interval_s
+        self._partitions_ahead_days = partitions_ahead_days
+        self._prepare_threshold = prepare_threshold
+        self._pool: AsyncConnectionPool | None = None
+        self._settings: StoreSettings | None = None
+        self._last_maintain: float | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def settings(self) -> StoreSettings:
+        if self._settings is None:
+            raise StoreError("PostgreSQL store is not open: call open() first")
+        return self._settings
+
+    async def open(self) -> None:
+        """Open the pool and read the migration settings. A second call does nothing."""
+        if self._pool is not None:
+            return
+        pool = AsyncConnectionPool(
+            self._url,
+            min_size=self._pool_min,
+            max_size=self._pool_max,
+            timeout=self._pool_timeout_s,
+            kwargs={"autocommit": True, "prepare_threshold": self._prepare_threshold},
+            open=False,
+        )
+        try:
+            with _translate_errors("open"):
+                await pool.open(wait=True, timeout=self._pool_timeout_s)
+            self._pool = pool
+            self._settings = await self._read_settings()
+        except BaseException:
+            self._pool = None
+            await pool.close()
+            raise
+        log.info(
+            "postgres store opened: history_backend=%s pool_max=%d",
+            self._settings.history_backend,
+            self._pool_max,
+        )
+
+    async def close(self) -> None:
+        """Close the pool. Calling it on a closed store does nothing."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        with _translate_errors("close"):
+            await pool.close()
+        log.info("postgres store closed")
+
+    async def _read_settings(self) -> StoreSettings:
+        async with self._transaction("open") as conn:
+            cursor = await conn.execute(
+                "SELECT to_regclass('alertwarden_settings') IS NOT NULL"
+            )
+            row = await cursor.fetchone()
+            if not (row and row[0]):
+                raise StoreError(
+                    "database has no alertwarden schema: run `alertwarden migrate` first"
+                )
+            cursor = await conn.execute("SELECT name, value FROM alertwarden_settings")
+            values = dict(await cursor.fetchall())
+        try:
+            return StoreSettings(
+                history_backend=values["history_backend"],
+                compress_after_s=int(values["compress_after_s"]),
+                retention_s=int(values["retention_s"]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise StoreError(
+                f"alertwarden_settings is incomplete or invalid ({exc!r}): run `alertwarden"
+                " migrate` again or restore the table"
+            ) from exc
+
+    # ------------------------------------------------------------ state
+
+    async def load(self, tenant: str, rule_group: str) -> StoredState:
+        """Return every stored group snapshot of the rule group, by rule id, and its checkpoint."""
+        _check_scope(tenant, rule_group)
+        # REPEATABLE READ makes the groups and the checkpoint come from the same snapshot.
+        async with self._transaction("load", repeatable_read=True) as conn:
+            cursor = await conn.execute(
+                f"SELECT {_GROUP_COLUMNS} FROM rule_state"
+                " WHERE tenant_id = %s AND rule_group = %s ORDER BY rule_id, group_key",
+                (tenant, rule_group),
+            )
+            group_rows = await cursor.fetchall()
+            cursor = await conn.execute(
+                'SELECT source, "offset", position, now_s, ticked FROM input_checkpoints'
+                " WHERE tenant_id = %s AND rule_group = %s",
+                (tenant, rule_group),
+            )
+            checkpoint_row = await cursor.fetchone()
+
+        state = StoredState()
+        with _translate_decode_errors(tenant, rule_group):
+            for row in group_rows:
+                snapshot = _snapshot_from_row(row)
+                state.groups.setdefault(snapshot.rule_id, []).append(snapshot)
+            if checkpoint_row is not None:
+                state.checkpoint = _checkpoint_from_row(checkpoint_row)
+        return state
+
+    async def record_transitions(
+        self, tenant: str, rule_group: str, transitions: Sequence[Transition]
+    ) -> list[int]:
+        """Insert the history rows and upsert the snapshots of the transitions in one transaction.
+
+        Returns the history id of each transition, in order. A transition already recorded keeps
+        its row and returns that row's id, so a retry after a crash is harmless.
+        """
+        _check_scope(tenant, rule_group)
+        if not transitions:
+            return []
+        history = _history_columns(tenant, rule_group, transitions)
+        groups = _group_columns([t.snapshot for t in transitions])
+
+        if self.settings.history_backend == "partitioned":
+            # Its own short transaction: a partition made for a batch that then fails is harmless.
+            async with self._transaction("record_transitions") as conn:
+                await conn.execute(_ENSURE_PARTITIONS, (history["at_s"],))
+
+        async with self._transaction("record_transitions") as conn:
+            cursor = await conn.execute(
+                _INSERT_HISTORY, {"tenant": tenant, "rule_group": rule_group, **history}
+            )
+            ids: dict[str, int] = dict(await cursor.fetchall())
+            missing = [tid for tid in history["transition_id"] if tid not in ids]
+            if missing:
+                cursor = await conn.execute(
+                    "SELECT transition_id, id FROM evaluation_history"
+                    " WHERE tenant_id = %s AND transition_id = ANY (%s::text[])",
+                    (tenant, missing),
+                )
+                ids.update(await cursor.fetchall())
+            await conn.execute(
+                _UPSERT_GROUPS, {"tenant": tenant, "rule_group": rule_group, **groups}
+            )
+        return [ids[tid] for tid in history["transition_id"]]
+
+    async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
+        """Upsert the changed groups, delete the forgotten ones and store the checkpoint.
+
+        All three happen in one transaction, so a crash leaves this flush or the previous one.
+        """
+        _check_scope(tenant, rule_group)
+        groups = _group_columns(batch.changed)
+        forgotten_rule_ids: list[str] = []
+        forgotten_keys: list[str] = []
+        for rule_id, key in batch.forgotten:
+            _check_text("rule_id", rule_id)
+            forgotten_rule_ids.append(rule_id)
+            forgotten_keys.append(_encode_key(rule_id, key))
+        checkpoint = _checkpoint_params(tenant, rule_group, batch.checkpoint)
+
+        async with self._transaction("flush") as conn:
+            if groups["rule_id"]:
+                await conn.execute(
+                    _UPSERT_GROUPS, {"tenant": tenant, "rule_group": rule_group, **groups}
+                )
+            if forgotten_rule_ids:
+                await conn.execute(
+                    _DELETE_GROUPS,
+                    {
+                        "tenant": tenant,
+                        "rule_group": rule_group,
+                        "rule_id": forgotten_rule_ids,
+                        "group_key": forgotten_keys,
+                        "position": batch.checkpoint.position,
+                    },
+                )
+            await conn.execute(_UPSERT_CHECKPOINT, checkpoint)
+
+    # ------------------------------------------------------------ outbox and history
+
+    async def undelivered(self, tenant: str, rule_group: str) -> list[HistoryRecord]:
+        """Return the history rows of the rule group not yet marked delivered, oldest id first."""
+        _check_scope(tenant, rule_group)
+        async with self._transaction("undelivered") as conn:
+            cursor = await conn.execute(
+                f"SELECT {_HISTORY_COLUMNS} FROM evaluation_history"
+                " WHERE tenant_id = %s AND rule_group = %s AND NOT delivered ORDER BY id",
+                (tenant, rule_group),
+            )
+            rows = await cursor.fetchall()
+        with _translate_decode_errors(tenant, rule_group):
+            return [_history_from_row(row) for row in rows]
+
+    async def mark_delivered(self, tenant: str, ids: Sequence[int]) -> None:
+        """Mark the tenant's history rows with these ids delivered, ignoring other tenants' ids."""
+        _check_text("tenant", tenant)
+        checked = [_check_int64("history id", history_id) for history_id in ids]
+        if not checked:
+            return
+        async with self._transaction("mark_delivered") as conn:
+            await conn.execute(
+                "UPDATE evaluation_history SET delivered = true"
+                " WHERE tenant_id = %s AND id = ANY (%s::bigint[]) AND NOT delivered",
+                (tenant, checked),
+            )
+
+    async def prune_history(self, tenant: str, before_s: float) -> int:
+        """Drop expired history and return how many rows went.
+
+        History expires by the retention_s recorded at migration, for all tenants at once, so
+        `before_s` is only checked. On TimescaleDB the retention policy drops old chunks and this
+        returns 0. On the partitioned path this runs maintain() at most once per
+        maintain_interval_s of wall-clock time. Unlike the SQLite store, a dropped day takes its
+        undelivered rows with it.
+        """
+        _check_text("tenant", tenant)
+        _check_time("before_s", before_s)
+        if self.settings.history_backend != "partitioned":
+            return 0
+        now = time.monotonic()
+        if self._last_maintain is not None and now - self._last_maintain < self._maintain_interval_s:
+            return 0
+        report = await self.maintain()
+        return report.dropped_rows
+
+    async def maintain(self, now_s: float | None = None) -> MaintenanceReport:
+        """Create the day partitions ahead of `now_s` and drop the ones past the retention.
+
+        `now_s` defaults to the wall clock. On the TimescaleDB path the policies do this work
+        and the report is empty.
+        """
+        self._last_maintain = time.monotonic()
+        if self.settings.history_backend != "partitioned":
+            return MaintenanceReport((), (), 0)
+        now_s = time.time() if now_s is None else _check_time("now_s", now_s)
+        today = _utc_day(now_s)
+        last_day = today + timedelta(days=self._partitions_ahead_days)
+        # Only whole days end before the cutoff, so the rows dropped are those before its day.
+        cutoff_day = _utc_day(now_s - self.settings.retention_s)
+
+        async with self._transaction("maintain") as conn:
+            cursor = await conn.execute(
+                "SELECT 'evaluation_history_' || to_char(day, 'YYYYMMDD')"
+                " FROM generate_series(%s::date, %s::date, interval '1 day') AS day"
+                " WHERE alertwarden_ensure_history_partition(day::date)",
+                (today, last_day),
+            )
+            created = tuple(name for (name,) in await cursor.fetchall())
+            cursor = await conn.execute(
+                "SELECT count(*) FROM evaluation_history WHERE at < %s",
+                (_day_start(cutoff_day),),
+            )
+            row = await cursor.fetchone()
+            dropped_rows = int(row[0]) if row else 0
+            cursor = await conn.execute(
+                "SELECT alertwarden_drop_history_partitions(%s)", (_day_start(cutoff_day),)
+            )
+            dropped = tuple(name for (name,) in await cursor.fetchall())
+        if created or dropped:
+            log.info(
+                "history partitions maintained: created=%s dropped=%s dropped_rows=%d",
+                list(created),
+                list(dropped),
+                dropped_rows,
+            )
+        return MaintenanceReport(created, dropped, dropped_rows)
+
+    async def run_history_jobs(self) -> list[int]:
+        """Run the TimescaleDB compression and retention jobs of the history now; return their ids.
+
+        The policies normally run in TimescaleDB's background workers. This is for servers
+        where those workers do not run, and for tests. On the partitioned path it does nothing.
+        """
+        if self.settings.history_backend != "timescaledb":
+            return []
+        async with self._transaction("run_history_jobs") as conn:
+            cursor = await conn.execute(
+                "SELECT job_id FROM timescaledb_information.jobs"
+                " WHERE hypertable_name = 'evaluation_history'"
+                " AND proc_name IN ('policy_compression', 'policy_retention') ORDER BY job_id"
+            )
+            job_ids = [job_id for (job_id,) in await cursor.fetchall()]
+        if self._pool is None:
+            raise StoreError("PostgreSQL store is not open: call open() first")
+        # CALL run_job commits inside the job, so it runs outside a transaction block.
+        with _translate_errors("run_history_jobs"):
+            async with self._pool.connection() as conn:
+                for job_id in job_ids:
+                    await conn.execute("CALL run_job(%s)", (job_id,))
+        return job_ids
+
+    async def history(
+        self,
+        tenant: str,
+        *,
+        rule_id: str | None = None,
+        kind: str | None = None,
+        since_s: float | None = None,
+        until_s: float | None = None,
+        limit: int = 1000,
+    ) -> list[HistoryRecord]:
+        """Return the tenant's history rows with since_s <= at < until_s, ordered by at, then id.
+
+        Each filter left as None matches everything. At most min(limit, HISTORY_LIMIT_MAX) rows
+        are returned.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"invalid history limit {limit!r}: pass an integer of 1 or more")
+
+        # The clauses are fixed strings, and every value is a bound parameter. The `at` bounds
+        # with one second of slack let PostgreSQL skip partitions, and at_s filters exactly.
+        clauses: list[LiteralString] = ["tenant_id = %s"]
+        params: list[Any] = [_check_text("tenant", tenant)]
+        if rule_id is not None:
+            clauses.append("rule_id = %s")
+            params.append(_check_text("rule_id", rule_id))
+        if kind is not None:
+            clauses.append("kind = %s")
+            params.append(_check_text("kind", kind))
+        if since_s is not None:
+            since = _check_time("since_s", since_s)
+            clauses.append("at >= to_timestamp(%s) - interval '1 second' AND at_s >= %s")
+            params.extend((since, since))
+        if until_s is not None:
+            until = _check_time("until_s", until_s)
+            clauses.append("at < to_timestamp(%s) + interval '1 second' AND at_s < %s")
+            params.extend((until, until))
+        params.append(min(limit, HISTORY_LIMIT_MAX))
+
+        where: LiteralString = " AND ".join(clauses)
+        sql: LiteralString = (
+            f"SELECT {_HISTORY_COLUMNS} FROM evaluation_history WHERE {where}"
+            " ORDER BY at_s, id LIMIT %s"
+        )
+        async with self._transaction("history") as conn:
+            cursor = await conn.execute(sql, params)
+            rows = await cursor.fetchall()
+        with _translate_decode_errors(tenant, None):
+            return [_history_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------ tenants and rules
+
+    async def ensure_tenant(self, tenant: str, stateful_rules: bool | None = None) -> bool:
+        """Insert the tenant if missing, set its flag unless None, and return the flag."""
+        _check_text("tenant", tenant)
+        if stateful_rules is not None and not isinstance(stateful_rules, bool):
+            raise StoreError(f"invalid stateful_rules {stateful_rules!r}: expected True, False or None")
+        async with self._transaction("ensure_tenant") as conn:
+            cursor = await conn.execute(
+                "INSERT INTO tenants (tenant_id, stateful_rules) VALUES (%s, coalesce(%s, false))"
+                " ON CONFLICT (tenant_id) DO UPDATE"
+                " SET stateful_rules = coalesce(%s, tenants.stateful_rules), updated_at = now()"
+                " RETURNING stateful_rules",
+                (tenant, stateful_rules, stateful_rules),
+            )
+            row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def set_feature(self, tenant: str, stateful_rules: bool) -> None:
+        """Switch the tenant's stateful_rules flag, inserting the tenant when missing."""
+        if not isinstance(stateful_rules, bool):
+            raise StoreError(f"invalid stateful_rules {stateful_rules!r}: expected True or False")
+        await self.ensure_tenant(tenant, stateful_rules)
+
+    async def sync_rules(
+        self,
+        tenant: str,
+        rule_group: str,
+        rules: Sequence[tuple[str, dict[str, Any], bool]],
+        source: str = "file",
+    ) -> SyncReport:
+        """Upsert the rule group's definitions from `rules` (rule_id, definition, enabled).
+
+        With source 'file', the group's file rules missing from `rules` are disabled, not
+        deleted, so sweep() can remove their state. A changed rule gets version + 1.
+        """
+        _check_scope(tenant, rule_group)
+        if source not in ("file", "api"):
+            raise StoreError(f"invalid rule source {source!r}: expected 'file' or 'api'")
+        rule_ids: list[str] = []
+        definitions: list[str] = []
+        enabled: list[bool] = []
+        for rule_id, definition, is_enabled in rules:
+            _check_text("rule_id", rule_id)
+            if rule_id in rule_ids:
+                raise StoreError(f"duplicate rule_id {_preview(rule_id)} in one sync_rules call")
+            if not isinstance(is_enabled, bool):
+                raise StoreError(f"invalid enabled {is_enabled!r} of rule {_preview(rule_id)}")
+            rule_ids.append(rule_id)
+            definitions.append(_encode_json(f"definition of rule {_preview(rule_id)}", definition))
+            enabled.append(is_enabled)
+
+        async with self._transaction("sync_rules") as conn:
+            await conn.execute(
+                "INSERT INTO tenants (tenant_id) VALUES (%s) ON CONFLICT DO NOTHING", (tenant,)
+            )
+            cursor = await conn.execute(
+                _SYNC_RULES,
+                {
+                    "tenant": tenant,
+                    "rule_group": rule_group,
+                    "source": source,
+                    "rule_id": rule_ids,
+                    "definition": definitions,
+                    "enabled": enabled,
+                },
+            )
+            changed = [bool(inserted) for (inserted,) in await cursor.fetchall()]
+            disabled = 0
+            if source == "file":
+                cursor = await conn.execute(
+                    _DISABLE_MISSING_FILE_RULES, (tenant, rule_group, rule_ids)
+                )
+                disabled = cursor.rowcount
+        inserted = sum(changed)
+        return SyncReport(inserted=inserted, updated=len(changed) - inserted, disabled=disabled)
+
+    async def sweep(self) -> SweepReport:
+        """Delete the group state and checkpoints that no rule or tenant flag keeps.
+
+        A rule_state row goes when its tenant's stateful_rules flag is off, or when its rule
+        group has rule definitions and none of them is an enabled definition of its rule. A
+        checkpoint goes when its tenant's flag is off or its rule group has definitions but no
+        enabled one. Tenants and rule groups without rows in tenants or rule_definitions are
+        left alone.
+        """
+        async with self._transaction("sweep") as conn:
+            cursor = await conn.execute(_SWEEP_RULE_STATE)
+            state_rows = cursor.rowcount
+            cursor = await conn.execute(_SWEEP_CHECKPOINTS)
+            checkpoint_rows = cursor.rowcount
+        if state_rows or checkpoint_rows:
+            log.info("state swept: rule_state_rows=%d checkpoint_rows=%d", state_rows, checkpoint_rows)
+        return SweepReport(rule_state_rows=state_rows, checkpoint_rows=checkpoint_rows)
+
+    # ------------------------------------------------------------ plumbing
+
+    @asynccontextmanager
+    async def _transaction(
+        self, action: str, *, repeatable_read: bool = False
+    ) -> AsyncIterator[psycopg.AsyncConnection]:
+        """Run the block in one transaction on a pooled connection, translating driver errors."""
+        if self._pool is None:
+            raise StoreError("PostgreSQL store is not open: call open() first")
+        with _translate_errors(action):
+            async with self._pool.connection() as conn:
+                async with conn.transaction():
+                    if repeatable_read:
+                        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    yield conn
+
+
+@contextmanager
+def _translate_errors(action: str) -> Iterator[None]:
+    """Turn driver errors into StoreError. This is the one place where that happens."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        # PoolTimeout derives from psycopg.OperationalError, so it lands here too.
+        raise StoreError(f"PostgreSQL {action} failed: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def _translate_decode_errors(tenant: str, rule_group: str | None) -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, TypeError, KeyError) as exc:
+        scope = f"tenant {_preview(tenant)}"
+        if rule_group is not None:
+            scope += f", rule group {_preview(rule_group)}"
+        raise StoreError(
+            f"stored row of {scope} is invalid: {exc}. The database was changed outside"
+            " alertwarden or is damaged. Restore it from a backup"
+        ) from exc
+
+
+def _utc_day(at_s: float) -> date:
+    return datetime.fromtimestamp(at_s, UTC).date()
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+# Input checks. PostgreSQL text and jsonb cannot hold a NUL character, and a lone surrogate
+# cannot be encoded as UTF-8, so both are rejected before any SQL runs.
+
+
+def _preview(value: str) -> str:
+    if len(value) <= _PREVIEW_CHARS:
+        return repr(value)
+    return f"{value[:_PREVIEW_CHARS]!r}... ({len(value)} characters)"
+
+
+def _check_text(field: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise StoreError(f"invalid {field} {value!r}: expected a string")
+    if "\x00" in value:
+        raise StoreError(
+            f"invalid {field} {_preview(value)}: contains a NUL character, which PostgreSQL"
+            " text cannot hold. Remove it from the input or the rule"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StoreError(
+            f"invalid {field} {_preview(value)}: not encodable as UTF-8 ({exc.reason})"
+        ) from exc
+    return value
+
+
+def _check_scope(tenant: str, rule_group: str) -> None:
+    _check_text("tenant", tenant)
+    _check_text("rule_group", rule_group)
+
+
+def _check_int(field: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StoreError(f"invalid {field} {value!r}: expected an integer")
+    if not low <= value <= high:
+        raise StoreError(f"invalid {field} {value}: expected an integer from {low} to {high}")
+    return value
+
+
+def _check_int64(field: str, value: object) -> int:
+    return _check_int(field, value, _INT64_MIN, _INT64_MAX)
+
+
+def _check_time(field: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StoreError(f"invalid {field} {value!r}: expected a finite number of UTC seconds")
+    return float(value)
+
+
+def _check_optional_time(field: str, value: object) -> float | None:
+    return None if value is None else _check_time(field, value)
+
+
+def _encode_json(field: str, value: object) -> str:
+    try:
+        # Captures come from event fields and may hold any type, so unknown types are stored as
+        # their str() instead of failing the write.
+        text = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError as exc:
+        raise StoreError(f"{field} cannot be encoded as JSON: {exc}") from exc
+    if "\\u0000" in text:
+        raise StoreError(
+            f"invalid {field}: contains a NUL character, which PostgreSQL jsonb cannot hold."
+            " Remove it from the input or the rule"
+        )
+    return text
+
+
+# Row codecs.
+
+
+def _encode_key(rule_id: str, key: GroupKey) -> str:
+    if not isinstance(key, tuple):
+        raise StoreError(f"invalid group key {key!r} of rule {_preview(rule_id)}: expected a tuple")
+    for value in key:
+        if value is not None:
+            _check_text(f"group key value of rule {_preview(rule_id)}", value)
+    return orjson.dumps(list(key)).decode()
+
+
+def _decode_key(text: str) -> GroupKey:
+    values = orjson.loads(text)
+    if not isinstance(values, list) or not all(v is None or isinstance(v, str) for v in values):
+        raise ValueError(f"group_key {text[:_PREVIEW_CHARS]!r} is not a JSON array of strings")
+    return tuple(values)
+
+
+def _encode_counts(rule_id: str, counts: object) -> str:
+    if not isinstance(counts, tuple):
+        raise StoreError(f"invalid counts {counts!r} of rule {_preview(rule_id)}: expected a tuple")
+    for count in counts:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _INT32_MAX:
+            raise StoreError(
+                f"invalid bucket count {count!r} of rule {_preview(rule_id)}: expected an integer"
+                f" from 0 to {_INT32_MAX}"
+            )
+    return "{" + ",".join(map(str, counts)) + "}"
+
+
+def _group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list[Any]]:
+    """Check the snapshots and return them as one list per rule_state column.
+
+    A group may appear more than once, such as when one tick both fires and recovers it. One
+    INSERT ... ON CONFLICT cannot touch a row twice, so only the snapshot that a sequence of
+    single upserts would leave is kept: the last one among those with the greatest position.
+    """
+    latest: dict[tuple[str, str], GroupSnapshot] = {}
+    keys: dict[tuple[str, str], str] = {}
+    for snapshot in snapshots:
+        _check_text("rule_id", snapshot.rule_id)
+        group_key = _encode_key(snapshot.rule_id, snapshot.key)
+        identity = (snapshot.rule_id, group_key)
+        previous = latest.get(identity)
+        if previous is None or snapshot.position >= previous.position:
+            latest[identity] = snapshot
+            keys[identity] = group_key
+
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "rule_id", "group_key", "window_s", "bucket_s", "counts", "head_bucket",
+            "last_seen_at", "last_fired_at", "last_notified_at", "status", "suppressed",
+            "position",
+        )
+    }
+    for identity, snapshot in latest.items():
+        rule_id = snapshot.rule_id
+        if not isinstance(snapshot.suppressed, bool):
+            raise StoreError(
+                f"invalid suppressed {snapshot.suppressed!r} of rule {_preview(rule_id)}:"
+                " expected True or False"
+            )
+        try:
+            status = GroupStatus(snapshot.status).value
+        except ValueError as exc:
+            raise StoreError(
+                f"invalid status {snapshot.status!r} of rule {_preview(rule_id)}: expected one"
+                f" of {[s.value for s in GroupStatus]}"
+            ) from exc
+        columns["rule_id"].append(rule_id)
+        columns["group_key"].append(keys[identity])
+        columns["window_s"].append(_check_int("window_s", snapshot.window_s, 1, _INT32_MAX))
+        columns["bucket_s"].append(_check_int("bucket_s", snapshot.bucket_s, 1, _INT32_MAX))
+        columns["counts"].append(_encode_counts(rule_id, snapshot.counts))
+        columns["head_bucket"].append(_check_int64("head_bucket", snapshot.head_bucket))
+        columns["last_seen_at"].append(_check_time("last_seen_at", snapshot.last_seen_at))
+        columns["last_fired_at"].append(
+            _check_optional_time("last_fired_at", snapshot.last_fired_at)
+        )
+        columns["last_notified_at"].append(
+            _check_optional_time("last_notified_at", snapshot.last_notified_at)
+        )
+        columns["status"].append(status)
+        columns["suppressed"].append(snapshot.suppressed)
+        columns["position"].append(_check_int64("position", snapshot.position))
+    return columns
+
+
+def _snapshot_from_row(row: tuple[Any, ...]) -> GroupSnapshot:
+    (
+        rule_id,
+        group_key,
+        window_s,
+        bucket_s,
+        counts,
+        head_bucket,
+        last_seen_at,
+        last_fired_at,
+        last_notified_at,
+        status,
+        suppressed,
+        position,
+    ) = row
+    return GroupSnapshot(
+        rule_id=rule_id,
+        key=_decode_key(group_key),
+        window_s=window_s,
+        bucket_s=bucket_s,
+        counts=tuple(counts),
+        head_bucket=head_bucket,
+        last_seen_at=last_seen_at,
+        last_fired_at=last_fired_at,
+        last_notified_at=last_notified_at,
+        status=GroupStatus(status),
+        suppressed=suppressed,
+        position=position,
+    )
+
+
+def _checkpoint_params(tenant: str, rule_group: str, checkpoint: Checkpoint) -> tuple[Any, ...]:
+    for rule_id, bucket in checkpoint.ticked.items():
+        _check_text("ticked rule_id", rule_id)
+        _check_int64(f"ticked bucket of rule {_preview(rule_id)}", bucket)
+    return (
+        tenant,
+        rule_group,
+        _check_text("checkpoint source", checkpoint.source),
+        _check_int64("checkpoint offset", checkpoint.offset),
+        _check_int64("checkpoint position", checkpoint.position),
+        _check_optional_time("checkpoint now", checkpoint.now),
+        orjson.dumps(checkpoint.ticked).decode(),
+    )
+
+
+def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
+    source, offset, position, now_s, ticked = row
+    if not isinstance(ticked, dict):
+        raise ValueError(f"checkpoint ticked {ticked!r} is not a JSON object")
+    return Checkpoint(source=source, offset=offset, position=position, now=now_s, ticked=ticked)
+
+
+def _history_columns(
+    tenant: str, rule_group: str, transitions: Sequence[Transition]
+) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in ("at_s", "rule_id", "group_key", "kind", "count", "transition_id", "details")
+    }
+    for transition in transitions:
+        rule_id = _check_text("rule_id", transition.rule_id)
+        snapshot = transition.snapshot
+        if snapshot.rule_id != rule_id or snapshot.key != transition.key:
+            raise StoreError(
+                f"transition of rule {_preview(rule_id)} carries the snapshot of another group"
+                f" (rule {_preview(snapshot.rule_id)}, key {snapshot.key!r}). The snapshot must"
+                " be of the transition's own rule and key"
+            )
+        for field_name, value in transition.group:
+            _check_text(f"group field name of rule {_preview(rule_id)}", field_name)
+            if value is not None:
+                _check_text(f"group value of rule {_preview(rule_id)}", value)
+        at = _check_time("transition at", transition.at)
+        try:
+            kind = TransitionKind(transition.kind).value
+        except ValueError as exc:
+            raise StoreError(
+                f"invalid transition kind {transition.kind!r} of rule {_preview(rule_id)}:"
+                f" expected one of {[k.value for k in TransitionKind]}"
+            ) from exc
+        try:
+            details = transition.as_dict()
+        except (OverflowError, OSError, ValueError) as exc:
+            raise StoreError(
+                f"invalid transition at {at!r} of rule {_preview(rule_id)}: not a representable"
+                f" UTC time ({exc})"
+            ) from exc
+        details["captures"] = transition.captures
+
+        columns["at_s"].append(at)
+        columns["rule_id"].append(rule_id)
+        columns["group_key"].append(orjson.dumps(dict(transition.group)).decode())
+        columns["kind"].append(kind)
+        columns["count"].append(_check_int("transition count", transition.count, 0, _INT32_MAX))
+        columns["transition_id"].append(transition.transition_id(tenant, rule_group))
+        columns["details"].append(
+            _encode_json(f"details of a transition of rule {_preview(rule_id)}", details)
+        )
+    return columns
+
+
+def _history_from_row(row: tuple[Any, ...]) -> HistoryRecord:
+    (
+        history_id,
+        tenant,
+        rule_group,
+        transition_id,
+        at_s,
+        rule_id,
+        group_key,
+        kind,
+        count,
+        details,
+        delivered,
+    ) = row
+    if not isinstance(group_key, dict) or not isinstance(details, dict):
+        raise ValueError(f"history row {history_id} has a group_key or details that is not an object")
+    return HistoryRecord(
+        id=history_id,
+        tenant=tenant,
+        rule_group=rule_group,
+        transition_id=transition_id,
+        at=at_s,
+        rule_id=rule_id,
+        group=group_key,
+        kind=kind,
+        count=count,
+        details=details,
+        delivered=delivered,
+    )
