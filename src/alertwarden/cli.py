@@ -27,7 +27,7 @@ from alertwarden.errors import AlertwardenError, ConfigError
 from alertwarden.logs import configure_logging, get_logger
 from alertwarden.pipeline import RuleGroupPipeline
 from alertwarden.rules import CompiledRule, explain_rules, format_duration, load_rules_file, parse_duration
-from alertwarden.runner import InputRunner, ProgressReporter
+from alertwarden.runner import InputRunner, ProgressReporter, RunSummary
 from alertwarden.sinks.base import Notification, Sink
 from alertwarden.sinks.fanout import FanoutSink
 from alertwarden.sinks.stdout import ConsoleSink, JsonLinesSink
@@ -35,6 +35,9 @@ from alertwarden.sinks.webhook import WebhookSink
 from alertwarden.sources.files import FileInput, LineInput, StdinInput
 from alertwarden.sources.formats import make_parser
 from alertwarden.sources.lines import DEFAULT_MAX_LINE_BYTES
+from alertwarden.store.base import StateStore
+from alertwarden.store.migrate import migrate as run_migrations
+from alertwarden.store.postgres import PostgresStore
 from alertwarden.store.sqlite import SQLiteStore
 
 app = typer.Typer(
@@ -107,6 +110,14 @@ def run(
     state: Annotated[
         Path, typer.Option("--state", help="SQLite file with snapshots, checkpoints and history.")
     ] = Path(DEFAULT_STATE_FILE),
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            help="PostgreSQL URL (postgresql://...) to keep state in instead of --state; "
+            "run `alertwarden migrate` on it first.",
+        ),
+    ] = None,
     fmt: FormatOption = "auto",
     pattern: PatternOption = None,
     time_format: TimeFormatOption = None,
@@ -142,8 +153,9 @@ def run(
         settings = EngineSettings(clock=clock_mode, max_future_skew_s=parse_duration(max_future_skew))
         sink = _make_sink(output, webhook or [])
         retention_s = parse_duration(history_retention)
+        store: StateStore = PostgresStore(database) if database else SQLiteStore(state)
         summary, pipelines = asyncio.run(
-            _run(compiled, options, settings, SQLiteStore(state), sink, tenant, retention_s)
+            _run(compiled, options, settings, store, sink, tenant, retention_s)
         )
     if summary.skipped:
         skipped = ", ".join(f"{reason}={count}" for reason, count in sorted(summary.skipped.items()))
@@ -194,6 +206,42 @@ def backtest(
         console.print(f"skipped input records: {skipped}")
 
 
+@app.command()
+def migrate(
+    database: Annotated[str, typer.Option("--database", help="PostgreSQL URL (postgresql://...).")],
+    history_backend: Annotated[
+        str,
+        typer.Option(
+            "--history-backend",
+            help="auto (TimescaleDB when the extension is available), timescaledb or partitioned.",
+        ),
+    ] = "auto",
+    compress_after: Annotated[
+        str, typer.Option("--compress-after", help="TimescaleDB: compress history chunks older than this.")
+    ] = "1d",
+    history_retention: Annotated[
+        str, typer.Option("--history-retention", help="Drop transition history older than this.")
+    ] = "7d",
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "auto",
+) -> None:
+    """Create or upgrade the PostgreSQL schema. Safe to run again and from several nodes at once."""
+    configure_logging(log_level, log_format)
+    with _exit_on_error():
+        applied = asyncio.run(
+            run_migrations(
+                database,
+                history_backend=history_backend,
+                compress_after_s=parse_duration(compress_after),
+                retention_s=parse_duration(history_retention),
+            )
+        )
+    if applied:
+        typer.echo(f"applied migrations: {', '.join(str(version) for version in applied)}")
+    else:
+        typer.echo("schema is up to date")
+
+
 @rules_app.command("check")
 def rules_check(
     path: Annotated[Path, typer.Argument(help="YAML rule file to validate.")],
@@ -212,11 +260,11 @@ async def _run(
     rules: list[CompiledRule],
     options: InputOptions,
     settings: EngineSettings,
-    store: SQLiteStore,
+    store: StateStore,
     sink: Sink,
     tenant: str,
     history_retention_s: float | None,
-):
+) -> tuple[RunSummary, list[RuleGroupPipeline]]:
     enabled = [rule for rule in rules if rule.enabled]
     if not enabled:
         raise ConfigError("the rule file has no enabled rule: nothing to evaluate")
@@ -242,6 +290,8 @@ async def _run(
 
     await store.open()
     try:
+        if isinstance(store, PostgresStore):
+            await _register_rules(store, tenant, enabled)
         pipelines = _pipelines(enabled, settings, store, sink, tenant, history_retention_s)
         progress = RichProgress() if sys.stderr.isatty() and total_bytes else None
         runner = InputRunner(
@@ -259,10 +309,28 @@ async def _run(
         await store.close()
 
 
+async def _register_rules(store: PostgresStore, tenant: str, rules: list[CompiledRule]) -> None:
+    """Record the file's rules in the database and remove state that no rule keeps any more.
+
+    Running the command is the operator's request for stateful rules, so it turns the
+    tenant's flag on.
+    """
+    await store.ensure_tenant(tenant, stateful_rules=True)
+    by_group: dict[str, list[CompiledRule]] = defaultdict(list)
+    for rule in rules:
+        by_group[rule.group].append(rule)
+    for group, group_rules in sorted(by_group.items()):
+        definitions = [
+            (rule.id, rule.definition.model_dump(mode="json"), rule.enabled) for rule in group_rules
+        ]
+        await store.sync_rules(tenant, group, definitions, source="file")
+    await store.sweep()
+
+
 def _pipelines(
     rules: list[CompiledRule],
     settings: EngineSettings,
-    store: SQLiteStore,
+    store: StateStore,
     sink: Sink,
     tenant: str,
     history_retention_s: float | None,
