@@ -248,3 +248,143 @@ def test_description_in_words() -> None:
         "      b > 3",
         "  - c is one of [1, 2]",
     )
+
+
+# Index hints: which filters produce one, and the contract that a str value outside the hint's
+# values never matches.
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from alertwarden.rules import IndexHint, load_rules_text  # noqa: E402
+
+
+def hint_of(tree: dict[str, Any]) -> IndexHint | None:
+    return compile_filter(tree).index_hint
+
+
+def test_index_hint_equals() -> None:
+    hint = hint_of({"field": "severity_text", "equals": "WARN"})
+    assert hint is not None
+    assert hint.path.text == "severity_text"
+    assert hint.values == frozenset({"warn"})
+    assert hint.case_sensitive is False
+
+
+def test_index_hint_in_case_sensitive() -> None:
+    hint = hint_of({"field": "attributes.user.name", "in": ["Admin", "root"], "case_sensitive": True})
+    assert hint is not None
+    assert hint.path.text == "attributes.user.name"
+    assert hint.values == frozenset({"Admin", "root"})
+    assert hint.case_sensitive is True
+
+
+def test_index_hint_all_takes_first() -> None:
+    hint = hint_of(
+        {
+            "all": [
+                {"field": "status", "gt": 1},
+                {"field": "body", "regex": "(?P<user>\\w+)"},
+                {"field": "tags", "in": ["SSH"]},
+                {"field": "severity_text", "equals": "warn"},
+            ]
+        }
+    )
+    assert hint is not None
+    assert hint.path.text == "tags"
+    assert hint.values == frozenset({"ssh"})
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"field": "status", "equals": 503},
+        {"field": "ok", "equals": True},
+        {"field": "status_text", "in": ["404", 404]},
+        {"field": "body", "contains": "x"},
+        {"any": [{"field": "severity_text", "equals": "warn"}]},
+        {"not": {"field": "severity_text", "equals": "warn"}},
+        {"all": [{"field": "status", "gt": 1}, {"any": [{"field": "body", "equals": "x"}]}]},
+    ],
+)
+def test_index_hint_absent(tree: dict[str, Any]) -> None:
+    assert hint_of(tree) is None
+
+
+def test_index_hint_on_compiled_rule() -> None:
+    rules = load_rules_text(
+        "- id: r\n  match: {field: event_class, in: [Login, logout]}\n  threshold: 1\n  window: 1m\n"
+    )
+    hint = rules[0].index_hint
+    assert hint is not None
+    assert hint.values == frozenset({"login", "logout"})
+
+
+WORDS = ["a", "A", "b", "ß", "SS", "ss", "1", "2.0"]
+FIELD_NAMES = ["x", "y", "n.m"]
+SCALARS = st.one_of(st.sampled_from(WORDS), st.integers(0, 2), st.floats(0, 2), st.booleans(), st.none())
+
+
+def condition() -> st.SearchStrategy[dict[str, Any]]:
+    field_name = st.sampled_from(FIELD_NAMES)
+    case = st.booleans()
+    string_ops = st.one_of(
+        st.builds(lambda f, v, c: {"field": f, "equals": v, "case_sensitive": c}, field_name, st.sampled_from(WORDS), case),
+        st.builds(
+            lambda f, v, c: {"field": f, "in": v, "case_sensitive": c},
+            field_name,
+            st.lists(st.sampled_from(WORDS), min_size=1, max_size=3),
+            case,
+        ),
+        st.builds(lambda f, v: {"field": f, "prefix": v}, field_name, st.sampled_from(WORDS)),
+        st.builds(lambda f, v: {"field": f, "regex": v}, field_name, st.sampled_from(["^a", "(?P<g>s+)", "\\d"])),
+    )
+    other_ops = st.one_of(
+        st.builds(lambda f, v: {"field": f, "equals": v}, field_name, st.one_of(st.integers(0, 2), st.booleans())),
+        st.builds(
+            lambda f, v: {"field": f, "in": v},
+            field_name,
+            st.lists(st.one_of(st.sampled_from(WORDS), st.integers(0, 2)), min_size=1, max_size=3),
+        ),
+        st.builds(lambda f, v: {"field": f, "exists": v}, field_name, st.booleans()),
+        st.builds(lambda f, v: {"field": f, "gte": v}, field_name, st.integers(0, 2)),
+    )
+    return st.one_of(string_ops, other_ops)
+
+
+FILTERS = st.recursive(
+    condition(),
+    lambda children: st.one_of(
+        st.lists(children, min_size=1, max_size=3).map(lambda items: {"all": items}),
+        st.lists(children, min_size=1, max_size=3).map(lambda items: {"any": items}),
+        children.map(lambda child: {"not": child}),
+    ),
+    max_leaves=6,
+)
+# Mostly strings, so the hint's str branch runs often.
+VALUES = st.one_of(st.sampled_from(WORDS), st.sampled_from(WORDS), SCALARS, st.lists(SCALARS, max_size=3))
+EVENTS = st.fixed_dictionaries(
+    {"x": VALUES, "y": VALUES},
+    optional={"n.m": VALUES, "n": st.fixed_dictionaries({}, optional={"m": VALUES})},
+)
+
+
+@given(FILTERS, EVENTS)
+def test_index_hint_contract(tree: dict[str, Any], fields: dict[str, Any]) -> None:
+    compiled = compile_filter(tree)
+    hint = compiled.index_hint
+    if hint is None:
+        return
+    value = hint.path.get(fields)
+    if not isinstance(value, str):
+        return
+    key = value if hint.case_sensitive else value.casefold()
+    if key not in hint.values:
+        assert compiled.matcher(fields) is None
+
+
+@given(FILTERS, EVENTS)
+def test_matcher_agrees_with_predicate(tree: dict[str, Any], fields: dict[str, Any]) -> None:
+    compiled = compile_filter(tree)
+    expected = compile_filter({"any": [tree]}).matcher(fields) is not None
+    assert (compiled.matcher(fields) is not None) is expected

@@ -10,7 +10,7 @@ from alertwarden.rules.loader import (
     load_rules_text,
     validate_rule_entries,
 )
-from alertwarden.rules.match import NO_CAPTURES, Captures, Matcher
+from alertwarden.rules.match import NO_CAPTURES, Captures, IndexHint, Matcher
 from alertwarden.rules.model import MissingKeyPolicy, RuleDefinition, RuleFieldErrors
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "NO_CAPTURES",
     "Captures",
     "CompiledRule",
+    "IndexHint",
     "Matcher",
     "MissingKeyPolicy",
     "RuleDefinition",

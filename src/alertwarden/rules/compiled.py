@@ -8,7 +8,7 @@ from typing import Any
 
 from alertwarden.events import FieldPath, Signal
 from alertwarden.rules.durations import format_duration
-from alertwarden.rules.match import Captures, Matcher
+from alertwarden.rules.match import Captures, IndexHint, Matcher
 from alertwarden.rules.model import MissingKeyPolicy, RuleDefinition
 from alertwarden.rules.templates import FIXED_PLACEHOLDERS, Template, format_at
 
@@ -18,8 +18,10 @@ class CompiledRule:
     """One rule ready for evaluation. Durations are whole seconds.
 
     `matcher` is the compiled match filter; `match()` calls it, and hot loops may call
-    `matcher` directly to save one call. `definition` is the validated model, kept for the API
-    and for `alertwarden rules check`.
+    `matcher` directly to save one call. `index_hint`, when set, names one field and the string
+    values the field must have for the rule to match, so a caller can skip the rule for other
+    string values; see IndexHint for the exact contract. `definition` is the validated model,
+    kept for the API and for `alertwarden rules check`.
     """
 
     id: str
@@ -45,6 +47,7 @@ class CompiledRule:
     templates: dict[str, Template] = field(repr=False, compare=False)
     placeholder_aliases: tuple[tuple[str, str], ...] = field(repr=False, compare=False, default=())
     """(last segment, full path) of each group_by path whose last segment is a placeholder."""
+    index_hint: IndexHint | None = field(repr=False, compare=False, default=None)
 
     @property
     def bucket_count(self) -> int:
@@ -117,6 +120,7 @@ def compile_rule(definition: RuleDefinition) -> CompiledRule:
         matcher=definition.compiled_filter.matcher,
         templates=dict(definition.templates),
         placeholder_aliases=_placeholder_aliases(definition),
+        index_hint=definition.compiled_filter.index_hint,
     )
 
 

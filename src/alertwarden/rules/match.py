@@ -3,6 +3,11 @@
 Every event meets every rule, so the YAML tree is turned into nested closures at load time and
 evaluating a filter never looks at the tree again. A subtree without named regex groups compiles
 to a plain predicate; only subtrees that can produce captures build dicts.
+
+Each rule runs once per event, so the call depth per rule matters. A condition compiles to one
+closure that reads the field and tests the value, and a filter without captures gets a matcher
+that returns NO_CAPTURES or None itself instead of wrapping a predicate: a top-level condition on
+a field costs one Python call, and `all` costs one call plus one per condition it tests.
 """
 
 from __future__ import annotations
@@ -55,25 +60,60 @@ class FilterError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class IndexHint:
+    """A necessary condition of a filter on one field, for dispatching events to rules by value.
+
+    Contract, for the value `v` that `path.get(fields)` returns:
+
+    - `v` is a str (or a str subclass) and `v` is not in `values` (when `case_sensitive`), or
+      `v.casefold()` is not in `values` (otherwise): the filter does not match the event.
+    - `v` is anything else, such as a list (which matches when any element matches), a number,
+      None or a missing field: the hint gives no conclusion, and the caller must run the full
+      matcher.
+    - `v` is in `values`: no conclusion either, because other conditions of the filter can still
+      fail.
+
+    The filter compiler produces a hint for a top-level string `equals`, a top-level `in` whose
+    values are all strings, and an `all` that contains one of them, directly or in a nested
+    `all` (the first one in the order written).
+    """
+
+    path: FieldPath
+    values: frozenset[str]
+    case_sensitive: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledFilter:
     """A compiled match filter.
 
     `matcher` returns None when the event does not match, otherwise the regex captures.
     `capture_names` are the named groups of every regex in the filter. `description` is the
-    filter in words, one line per condition, indented by nesting.
+    filter in words, one line per condition, indented by nesting. `index_hint` is a value
+    condition every matching event meets, or None when the filter has no such simple form.
     """
 
     matcher: Matcher
     capture_names: frozenset[str]
     description: tuple[str, ...]
+    index_hint: IndexHint | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Node:
+    """A compiled subtree.
+
+    `test` is the predicate. `capture` returns the captures when the subtree has named groups.
+    `matcher` is the predicate in matcher form (NO_CAPTURES or None) without a wrapper call,
+    when the subtree has no captures and the compiler built one.
+    """
+
     test: Callable[[Fields], bool]
     capture: Matcher | None
     capture_names: frozenset[str]
     words: tuple[str, ...]
+    matcher: Matcher | None = None
+    hint: IndexHint | None = None
 
 
 def compile_filter(tree: dict[str, Any] | None) -> CompiledFilter:
@@ -83,13 +123,18 @@ def compile_filter(tree: dict[str, Any] | None) -> CompiledFilter:
     node = _FilterCompiler().compile(tree, "", 0)
     if node.capture is not None:
         matcher = node.capture
+    elif node.matcher is not None:
+        matcher = node.matcher
     else:
-        test = node.test
+        matcher = _matcher_of(node.test)
+    return CompiledFilter(matcher, node.capture_names, node.words, node.hint)
 
-        def matcher(fields: Fields) -> Captures | None:
-            return NO_CAPTURES if test(fields) else None
 
-    return CompiledFilter(matcher, node.capture_names, node.words)
+def _matcher_of(test: Callable[[Fields], bool]) -> Matcher:
+    def matcher(fields: Fields) -> Captures | None:
+        return NO_CAPTURES if test(fields) else None
+
+    return matcher
 
 
 def _match_all(fields: Fields) -> Captures | None:
@@ -192,15 +237,20 @@ def _negate(child: _Node) -> _Node:
     def test(fields: Fields) -> bool:
         return not inner(fields)
 
-    return _Node(test, None, frozenset(), ("not:", *_indent(child.words)))
+    def matcher(fields: Fields) -> Captures | None:
+        return None if inner(fields) else NO_CAPTURES
+
+    return _Node(test, None, frozenset(), ("not:", *_indent(child.words)), matcher)
 
 
 def _conjoin(children: list[_Node]) -> _Node:
     words = ("all of:", *_indent_items(children))
     names = frozenset().union(*(child.capture_names for child in children))
     test = _all_test([child.test for child in children])
+    # Every condition of `all` must hold, so the hint of any child is a hint of the whole.
+    hint = next((child.hint for child in children if child.hint is not None), None)
     if not names:
-        return _Node(test, None, names, words)
+        return _Node(test, None, names, words, _all_matcher([child.test for child in children]), hint)
 
     # Plain predicates run first: they are cheaper and can reject before any dict is built.
     plain = _all_test([child.test for child in children if child.capture is None])
@@ -218,7 +268,7 @@ def _conjoin(children: list[_Node]) -> _Node:
                 merged = found if merged is None else {**merged, **found}
         return NO_CAPTURES if merged is None else merged
 
-    return _Node(test, capture, names, words)
+    return _Node(test, capture, names, words, None, hint)
 
 
 def _disjoin(children: list[_Node]) -> _Node:
@@ -226,7 +276,7 @@ def _disjoin(children: list[_Node]) -> _Node:
     names = frozenset().union(*(child.capture_names for child in children))
     test = _any_test([child.test for child in children])
     if not names:
-        return _Node(test, None, names, words)
+        return _Node(test, None, names, words, _any_matcher([child.test for child in children]))
 
     branches = [(child.test, child.capture) for child in children]
 
@@ -266,6 +316,30 @@ def _all_test(tests: Sequence[Callable[[Fields], bool]]) -> Callable[[Fields], b
         return True
 
     return test
+
+
+def _all_matcher(tests: Sequence[Callable[[Fields], bool]]) -> Matcher:
+    all_tests = tuple(tests)
+
+    def matcher(fields: Fields) -> Captures | None:
+        for one in all_tests:
+            if not one(fields):
+                return None
+        return NO_CAPTURES
+
+    return matcher
+
+
+def _any_matcher(tests: Sequence[Callable[[Fields], bool]]) -> Matcher:
+    any_tests = tuple(tests)
+
+    def matcher(fields: Fields) -> Captures | None:
+        for one in any_tests:
+            if one(fields):
+                return NO_CAPTURES
+        return None
+
+    return matcher
 
 
 def _any_test(tests: Sequence[Callable[[Fields], bool]]) -> Callable[[Fields], bool]:
@@ -319,7 +393,83 @@ def _compile_condition(tree: dict[str, Any], location: str) -> _Node:
         return _compile_regex(path, value, case_sensitive, op_location)
     element_test, words = _compile_element_test(op, value, case_sensitive, op_location)
     suffix = " (case-sensitive)" if case_sensitive else ""
-    return _Node(_field_test(path, element_test), None, frozenset(), (f"{path.text} {words}{suffix}",))
+    described = (f"{path.text} {words}{suffix}",)
+    strings = _string_values(op, value, case_sensitive)
+    if strings is None:
+        return _Node(
+            _field_check(path, element_test, True, False),
+            None,
+            frozenset(),
+            described,
+            _field_check(path, element_test, NO_CAPTURES, None),
+        )
+    return _Node(
+        _string_set_check(path, strings, case_sensitive, True, False),
+        None,
+        frozenset(),
+        described,
+        _string_set_check(path, strings, case_sensitive, NO_CAPTURES, None),
+        IndexHint(path, strings, case_sensitive),
+    )
+
+
+def _string_values(op: str, value: object, case_sensitive: bool) -> frozenset[str] | None:
+    """Return the compared strings (casefolded unless case-sensitive) of a string-only equals or in.
+
+    None means the operator also compares numbers or booleans, or is another operator. Call it
+    after the operator's value has been validated.
+    """
+    if op == "equals" and isinstance(value, str):
+        return frozenset((value if case_sensitive else value.casefold(),))
+    if op == "in" and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return frozenset(item if case_sensitive else item.casefold() for item in value)
+    return None
+
+
+def _simple_name(path: FieldPath) -> str | None:
+    """Return the key of a path without dots, which a closure reads with one dict.get."""
+    return None if "." in path.text else path.text
+
+
+def _string_set_check(
+    path: FieldPath, strings: frozenset[str], case_sensitive: bool, hit: Any, miss: Any
+) -> Callable[[Fields], Any]:
+    """Build one closure for a string equals or in: `hit` when the value is in `strings`.
+
+    It behaves as `_field_check` with the element test of `_compile_equals` or `_membership_test`:
+    only str values can match, and a list matches when any element does. The same code builds the
+    predicate (True, False) and the matcher (NO_CAPTURES, None).
+    """
+    name = _simple_name(path)
+    get = path.get
+
+    if case_sensitive:
+
+        def element_test(candidate: Any) -> bool:
+            return isinstance(candidate, str) and candidate in strings
+
+        def check(fields: Fields) -> Any:
+            value = fields.get(name) if name is not None else get(fields)
+            if isinstance(value, str):
+                return hit if value in strings else miss
+            if type(value) is list:
+                return hit if any(map(element_test, value)) else miss
+            return miss
+
+        return check
+
+    def folded_element_test(candidate: Any) -> bool:
+        return isinstance(candidate, str) and candidate.casefold() in strings
+
+    def folded_check(fields: Fields) -> Any:
+        value = fields.get(name) if name is not None else get(fields)
+        if isinstance(value, str):
+            return hit if value.casefold() in strings else miss
+        if type(value) is list:
+            return hit if any(map(folded_element_test, value)) else miss
+        return miss
+
+    return folded_check
 
 
 def _read_path(tree: dict[str, Any], location: str) -> FieldPath:
@@ -365,37 +515,47 @@ def _read_operator(tree: dict[str, Any], location: str) -> str:
     return found[0]
 
 
-def _field_test(path: FieldPath, element_test: Predicate) -> Callable[[Fields], bool]:
+def _field_check(path: FieldPath, element_test: Predicate, hit: Any, miss: Any) -> Callable[[Fields], Any]:
+    """Build the closure of a condition: `hit` when the value, or any element of a list, passes.
+
+    The same code builds the predicate (True, False) and the matcher (NO_CAPTURES, None).
+    """
+    name = _simple_name(path)
     get = path.get
 
-    def test(fields: Fields) -> bool:
-        value = get(fields)
+    def check(fields: Fields) -> Any:
+        value = fields.get(name) if name is not None else get(fields)
         if value is None:
-            return False
+            return miss
         if type(value) is list:
-            return any(map(element_test, value))
-        return element_test(value)
+            return hit if any(map(element_test, value)) else miss
+        return hit if element_test(value) else miss
 
-    return test
+    return check
+
+
+def _exists_check(path: FieldPath, expected: bool, hit: Any, miss: Any) -> Callable[[Fields], Any]:
+    name = _simple_name(path)
+    get = path.get
+
+    def check(fields: Fields) -> Any:
+        value = fields.get(name) if name is not None else get(fields)
+        return hit if (value is not None) is expected else miss
+
+    return check
 
 
 def _compile_exists(path: FieldPath, expected: object, location: str) -> _Node:
     if not isinstance(expected, bool):
         raise FilterError(location, f"expected true or false, got {_show(expected)}")
-    get = path.get
-    if expected:
-        words = f"{path.text} is present"
-
-        def test(fields: Fields) -> bool:
-            return get(fields) is not None
-
-    else:
-        words = f"{path.text} is absent or null"
-
-        def test(fields: Fields) -> bool:
-            return get(fields) is None
-
-    return _Node(test, None, frozenset(), (words,))
+    words = f"{path.text} is present" if expected else f"{path.text} is absent or null"
+    return _Node(
+        _exists_check(path, expected, True, False),
+        None,
+        frozenset(),
+        (words,),
+        _exists_check(path, expected, NO_CAPTURES, None),
+    )
 
 
 def _compile_element_test(
@@ -549,10 +709,10 @@ def _compile_regex(path: FieldPath, value: object, case_sensitive: bool, locatio
         return isinstance(candidate, str) and search(candidate[:limit]) is not None
 
     words = _case_words(f"{path.text} matches regex {_quote(value)}", case_sensitive)
-    test = _field_test(path, element_test)
+    test = _field_check(path, element_test, True, False)
     names = frozenset(pattern.groupindex)
     if not names:
-        return _Node(test, None, names, (words,))
+        return _Node(test, None, names, (words,), _field_check(path, element_test, NO_CAPTURES, None))
     return _Node(test, _regex_capture(path, search, limit), names, (words,))
 
 

@@ -36,6 +36,7 @@ OTEL_MARKER_KEYS = (
     "severityNumber",
     "severity_number",
 )
+_OTEL_MARKER_SET = frozenset(OTEL_MARKER_KEYS)
 OTEL_SOURCE_ATTRIBUTES = ("service.instance.id", "host.name", "service.name")
 OTEL_EVENT_ID_ATTRIBUTE = "log.record.uid"  # OpenTelemetry semantic convention for a record id
 
@@ -50,6 +51,10 @@ OCSF_SOURCE_PATHS = (
 GENERIC_TIME_KEYS = ("ts", "timestamp", "time", "@timestamp", "datetime")
 GENERIC_ID_KEYS = ("id", "event_id")
 GENERIC_SOURCE_KEYS = ("host", "hostname")
+
+# A record with none of these keys can only be generic JSON (see is_ocsf and is_otel), so one
+# set test replaces both detections for the common generic record.
+_FORMAT_MARKER_KEYS = frozenset(("class_uid", "body", *OTEL_MARKER_KEYS))
 
 _ANY_VALUE_KEYS = frozenset(
     ("stringValue", "intValue", "doubleValue", "boolValue", "arrayValue", "kvlistValue", "bytesValue")
@@ -90,9 +95,8 @@ def is_ocsf(fields: dict[str, Any]) -> bool:
 
 
 def is_otel(fields: dict[str, Any]) -> bool:
-    for key in OTEL_MARKER_KEYS:
-        if key in fields:
-            return True
+    if not _OTEL_MARKER_SET.isdisjoint(fields):
+        return True
     return "body" in fields and ("attributes" in fields or "resource" in fields)
 
 
@@ -204,7 +208,14 @@ def _attribute_map(attributes: Any, field: str) -> Any:
                 f"invalid {field}[{index}]: expected {{\"key\": name, \"value\": {{...}}}}, got "
                 f"{_preview(pair)}",
             )
-        result[pair["key"]] = _any_value(pair.get("value"), f"{field}.{pair['key']}")
+        key = pair["key"]
+        value = pair.get("value")
+        # Most attributes are strings: take them directly instead of building the field name
+        # that only _any_value's error messages use.
+        if type(value) is dict and "stringValue" in value:
+            result[key] = value["stringValue"]
+        else:
+            result[key] = _any_value(value, f"{field}.{key}")
     return result
 
 
@@ -259,18 +270,23 @@ def generic_event(fields: dict[str, Any], tz: tzinfo = UTC) -> Event:
             "timestamp", None, "missing: add one of the fields " + ", ".join(GENERIC_TIME_KEYS)
         )
 
+    # The `is not None` tests skip the _scalar_id call for absent keys, the common case.
     event_id = None
     for key in GENERIC_ID_KEYS:
-        event_id = _scalar_id(fields.get(key))
-        if event_id is not None:
-            break
+        raw_id = fields.get(key)
+        if raw_id is not None:
+            event_id = _scalar_id(raw_id)
+            if event_id is not None:
+                break
 
     if "source_id" not in fields:
         for key in GENERIC_SOURCE_KEYS:
-            source = _scalar_id(fields.get(key))
-            if source is not None:
-                fields["source_id"] = source
-                break
+            raw_source = fields.get(key)
+            if raw_source is not None:
+                source = _scalar_id(raw_source)
+                if source is not None:
+                    fields["source_id"] = source
+                    break
     return Event(time_s, fields, Signal.LOGS, event_id)
 
 
@@ -285,6 +301,8 @@ class JsonParser:
 
     def parse(self, line: bytes) -> Event:
         fields = load_object(line)
+        if _FORMAT_MARKER_KEYS.isdisjoint(fields):
+            return generic_event(fields, self.tz)
         if is_ocsf(fields):
             return ocsf_event(fields)
         if is_otel(fields):

@@ -44,6 +44,10 @@ _NUMERIC = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+_SEPARATOR_PATTERNS = frozenset(("--T::", "--t::", "-- ::"))
+_FRACTION_SCALES = tuple(10**digits for digits in range(10))
+_fromisoformat = datetime.fromisoformat
 
 
 def load_timezone(name: str) -> tzinfo:
@@ -75,7 +79,16 @@ def parse_timestamp(value: Any, *, field: str, tz: tzinfo = UTC) -> float:
     `tz` applies to date-time strings without an offset. `field` names the source field in
     error messages.
     """
-    # bool is an int subclass, so it must be rejected before the number branch.
+    # Exact type checks put the common cases first. bool is an int subclass, so `type(...) is`
+    # keeps it out of these branches.
+    kind = type(value)
+    if kind is str:
+        time_s = _parse_common_rfc3339(value, tz)
+        if time_s is not None and MIN_TIME_S <= time_s < MAX_TIME_S:
+            return time_s
+        return parse_timestamp_text(value, field=field, tz=tz)
+    if (kind is float or kind is int) and 0 <= value < SECONDS_LIMIT:
+        return float(value)  # what parse_epoch returns for seconds in range
     if isinstance(value, bool):
         raise bad_timestamp(field, value, "a boolean is not a time")
     if isinstance(value, int | float):
@@ -93,6 +106,9 @@ def parse_timestamp(value: Any, *, field: str, tz: tzinfo = UTC) -> float:
 
 def parse_timestamp_text(text: str, *, field: str, tz: tzinfo = UTC) -> float:
     """Parse an RFC 3339 date-time or a numeric epoch string into UTC seconds."""
+    time_s = _parse_common_rfc3339(text, tz)
+    if time_s is not None:
+        return check_range(time_s, field, text)
     stripped = text.strip()
     match = _RFC3339.fullmatch(stripped)
     if match is not None:
@@ -160,6 +176,68 @@ def _divide(value: int | float, divisor: int) -> float:
         whole, rest = divmod(value, divisor)
         return whole + rest / divisor
     return value / divisor
+
+
+def _parse_common_rfc3339(text: str, tz: tzinfo) -> float | None:
+    """Parse the common RFC 3339 forms, or return None to leave `text` to the general parser.
+
+    The forms are `YYYY-MM-DD[Tt ]hh:mm:ss`, an optional fraction of 1 to 9 digits after `.` or
+    `,`, and an optional `Z`, `z` or `+hh:mm`/`-hh:mm` directly after it. For each of them the
+    result equals that of `_from_rfc3339`, bit for bit, because the arithmetic is the same.
+    Everything else returns None, including leap seconds (:60), offsets out of range, `+hhmm`,
+    whitespace and the week-date form, so those keep the messages of the general parser. Digits
+    are checked with isdecimal, which accepts the same characters as `\\d` and int().
+    """
+    size = len(text)
+    # The characters at 4, 7, 10, 13 and 16 in one slice, such as "--T::".
+    if size < 19 or text[4:17:3] not in _SEPARATOR_PATTERNS:
+        return None
+
+    offset_s = 0
+    naive = False
+    last = text[-1]
+    if last == "Z" or last == "z":
+        end = size - 1
+    elif size >= 25 and text[-3] == ":" and text[-6] in "+-":
+        hours_text = text[-5:-3]
+        minutes_text = text[-2:]
+        if not (hours_text.isdecimal() and minutes_text.isdecimal()):
+            return None
+        offset_hours = int(hours_text)
+        offset_minutes = int(minutes_text)
+        if offset_hours > 23 or offset_minutes > 59:
+            return None
+        offset_s = offset_hours * 3600 + offset_minutes * 60
+        if text[-6] == "-":
+            offset_s = -offset_s
+        end = size - 6
+    else:
+        end = size
+        naive = True
+
+    fraction = ""
+    if end != 19:
+        if not 21 <= end <= 29 or text[19] not in ".,":
+            return None
+        fraction = text[20:end]
+        if not fraction.isdecimal():
+            return None
+
+    # fromisoformat (C) validates the calendar date and the time of day of the fixed-width
+    # prefix. It rejects second 60, which the general parser reads as a leap second.
+    try:
+        moment = _fromisoformat(text[:19])
+    except ValueError:
+        return None
+
+    if naive and tz is not UTC:
+        time_s = moment.replace(tzinfo=tz).timestamp()
+    else:
+        delta = moment - _EPOCH_NAIVE
+        time_s = float(delta.days * 86400 + delta.seconds - offset_s)
+    if fraction:
+        time_s += int(fraction) / _FRACTION_SCALES[len(fraction)]
+    return time_s
 
 
 def _from_rfc3339(match: re.Match[str], text: str, field: str, tz: tzinfo) -> float:
