@@ -12,6 +12,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -86,3 +87,44 @@ def timescale_store_url(timescale_url: str) -> str:
     """URL of the session's TimescaleDB server, migrated on the timescaledb path."""
     asyncio.run(migrate(timescale_url, history_backend="timescaledb"))
     return timescale_url
+
+
+def migrate_partitioned(url: str) -> None:
+    """Migrate the database at `url` with day-partitioned history, even where TimescaleDB exists."""
+    # A worker thread has its own event loop slot, so asyncio.run there leaves the loop of an
+    # async test that requested the fixture untouched.
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        executor.submit(asyncio.run, migrate(url, history_backend="partitioned")).result()
+
+
+def drop_database(url: str) -> None:
+    """Drop the database that `url` names, closing the connections still open to it."""
+    name = str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
+    with psycopg.connect(_admin_url(), autocommit=True, connect_timeout=5) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def pg_migrated_database_factory(
+    pg_database_factory: Callable[[], str],
+) -> Callable[[], str]:
+    """Return a function that creates a migrated database and returns its URL.
+
+    The databases live until the end of the session, for fixtures wider than one test.
+    """
+
+    def create() -> str:
+        url = pg_database_factory()
+        migrate_partitioned(url)
+        return url
+
+    return create
+
+
+@pytest.fixture
+def pg_migrated_url(pg_database_factory: Callable[[], str]) -> Iterator[str]:
+    """URL of a new database migrated on the partitioned path, dropped when the test ends."""
+    url = pg_database_factory()
+    migrate_partitioned(url)
+    yield url
+    drop_database(url)

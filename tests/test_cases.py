@@ -1,4 +1,4 @@
-"""Behaviour cases in tests/cases/*.json, run through the pipeline with a SQLite store.
+"""Behaviour cases in tests/cases/*.json, run through the pipeline with each state store.
 
 Case format: `rule` (threshold, window_seconds, bucket_seconds, group_by, cooldown_seconds,
 renotify_seconds, filter of field -> required value), optional `engine_settings`, `steps`
@@ -7,15 +7,20 @@ renotify_seconds, filter of field -> required value), optional `engine_settings`
 
 The harness plays the input source: every new event gets the next offset, and after a restart
 the source redelivers every record from the stored checkpoint offset on, as a file source does.
+
+The PostgreSQL variant moves every case time by whole days, to two days ago. That store's
+maintenance drops history day partitions older than its 7-day retention by the wall clock, so
+fixed 2024 times would lose their history once it runs (this harness never prunes).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +31,38 @@ from alertwarden.events import Event, Signal
 from alertwarden.pipeline import RuleGroupPipeline
 from alertwarden.rules import CompiledRule, load_rules_text
 from alertwarden.sinks.base import Notification
-from alertwarden.store.base import HistoryRecord
+from alertwarden.store.base import HistoryRecord, StateStore
+from alertwarden.store.postgres import PostgresStore
 from alertwarden.store.sqlite import SQLiteStore
 
 CASES_DIR = Path(__file__).parent / "cases"
 CASE_FILES = sorted(CASES_DIR.glob("*.json"))
 TENANT = "cases"
 RULE_GROUP = "cases"
+DAY_S = 86400
+# Every case time lies on this UTC day or the next one.
+CASES_DAY = date(2024, 3, 5)
 
 
-def parse_time(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
+class StoreKind(enum.StrEnum):
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+def parse_time(text: str, shift_s: int = 0) -> float:
+    return datetime.fromisoformat(text).timestamp() + shift_s
+
+
+def case_shift_s(store_kind: StoreKind) -> int:
+    """Return the whole days, in seconds, that move CASES_DAY to two days before today (UTC).
+
+    Whole days keep every bucket boundary in place when the bucket divides a day, which
+    CaseRun.open checks.
+    """
+    if store_kind is StoreKind.SQLITE:
+        return 0
+    target = datetime.now(UTC).date() - timedelta(days=2)
+    return (target - CASES_DAY).days * DAY_S
 
 
 # ------------------------------------------------------------------ rule + settings
@@ -70,16 +96,16 @@ def engine_settings(case: dict[str, Any]) -> EngineSettings:
     return EngineSettings()
 
 
-def case_event(body: dict[str, Any]) -> Event:
+def case_event(body: dict[str, Any], shift_s: int) -> Event:
     fields = {name: value for name, value in body.items() if name not in ("ts", "id")}
-    return Event(parse_time(body["ts"]), fields, Signal.LOGS, body["id"])
+    return Event(parse_time(body["ts"], shift_s), fields, Signal.LOGS, body["id"])
 
 
-def generated_events(spec: dict[str, Any]) -> list[Event]:
+def generated_events(spec: dict[str, Any], shift_s: int) -> list[Event]:
     """Build the events of a `generate` step as its `note` defines them."""
     count = spec["count"]
-    start_s = int(parse_time(spec["ts_from"]))
-    span_s = int(parse_time(spec["ts_to"])) - start_s
+    start_s = int(parse_time(spec["ts_from"], shift_s))
+    span_s = int(parse_time(spec["ts_to"], shift_s)) - start_s
     events: list[Event] = []
     for i in range(count):
         value = spec["vary_format"].format(a=(i // 250) % 256, b=i % 250 + 1)
@@ -111,12 +137,16 @@ class Record:
 
 @dataclass
 class CaseRun:
-    """Player of one case: the source (offsets, redelivery), the pipeline and what it produced."""
+    """Player of one case: the source (offsets, redelivery), the pipeline and what it produced.
+
+    new_store opens the same stored state on every call, and shift_s is added to every case time.
+    """
 
     case: dict[str, Any]
-    path: Path
+    new_store: Callable[[], StateStore]
+    shift_s: int = 0
     rule: CompiledRule = field(init=False)
-    store: SQLiteStore = field(init=False)
+    store: StateStore = field(init=False)
     pipeline: RuleGroupPipeline = field(init=False)
     sink: RecordingSink = field(default_factory=RecordingSink)
     sent_records: list[Record] = field(default_factory=list)
@@ -133,9 +163,16 @@ class CaseRun:
     def next_offset(self) -> int:
         return len(self.sent_records)
 
+    def time(self, text: str) -> float:
+        return parse_time(text, self.shift_s)
+
     async def open(self) -> None:
         self.rule = compile_case_rule(self.case)
-        self.store = SQLiteStore(self.path)
+        if self.shift_s % self.rule.bucket_s:
+            raise AssertionError(
+                f"shift_s {self.shift_s} is not a whole number of {self.rule.bucket_s} s buckets"
+            )
+        self.store = self.new_store()
         await self.store.open()
         await self._start_pipeline()
 
@@ -186,7 +223,7 @@ class CaseRun:
         await self.advance(at_s)
         await self.store.close()
         self.restarts += 1
-        self.store = SQLiteStore(self.path)
+        self.store = self.new_store()
         await self.store.open()
         await self._start_pipeline()
         resume_offset = self.pipeline.resume_offset
@@ -195,17 +232,17 @@ class CaseRun:
     async def play(self) -> None:
         for step in self.case["steps"]:
             if "event" in step:
-                event = case_event(step["event"])
-                arrival_s = parse_time(step["at"]) if "at" in step else event.time_s
+                event = case_event(step["event"], self.shift_s)
+                arrival_s = self.time(step["at"]) if "at" in step else event.time_s
                 redelivery = bool(step.get("replay") or step.get("duplicate"))
                 await self.deliver(event, arrival_s, redelivery)
             elif "advance_to" in step:
-                await self.advance(parse_time(step["advance_to"]))
+                await self.advance(self.time(step["advance_to"]))
             elif "generate" in step:
-                for event in generated_events(step["generate"]):
+                for event in generated_events(step["generate"], self.shift_s):
                     await self.deliver(event, event.time_s, redelivery=False)
             elif step.get("restart"):
-                await self.restart(parse_time(step["at"]))
+                await self.restart(self.time(step["at"]))
             else:
                 raise AssertionError(
                     f"unknown step {step!r}: use event, advance_to, generate or restart"
@@ -222,9 +259,9 @@ class CaseRun:
 Row = tuple[float, tuple[tuple[str, str | None], ...], str, int]
 
 
-def expected_rows(case: dict[str, Any]) -> list[Row]:
+def expected_rows(case: dict[str, Any], shift_s: int) -> list[Row]:
     rows = [
-        (parse_time(item["at"]), tuple(item["group"].items()), item["kind"], item["count"])
+        (parse_time(item["at"], shift_s), tuple(item["group"].items()), item["kind"], item["count"])
         for item in case["expected"]
     ]
     return sorted(rows, key=repr)
@@ -249,7 +286,7 @@ async def check_skewed_event(run: CaseRun) -> None:
     evaluator = run.evaluator
     assert evaluator.stats.clock_skew == 1
     # The clock ends at the last advance_to, not at the skewed event's 2024-03-06 timestamp.
-    assert evaluator.now == parse_time("2024-03-05T10:11:00Z")
+    assert evaluator.now == run.time("2024-03-05T10:11:00Z")
     assert evaluator.stats.rules[run.rule.id].late == 0
 
 
@@ -274,16 +311,32 @@ CASE_CHECKS: dict[str, Callable[[CaseRun], Any]] = {
 }
 
 
+@pytest.fixture
+def new_store(
+    store_kind: StoreKind, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[[], StateStore]:
+    """Return a function that opens one test's state store again: a SQLite file or a database."""
+    if store_kind is StoreKind.SQLITE:
+        path = tmp_path / "state.db"
+        return lambda: SQLiteStore(path)
+    # Looked up only here, so the SQLite variants run without a PostgreSQL server.
+    url = request.getfixturevalue("pg_migrated_url")
+    return lambda: PostgresStore(url)
+
+
 @pytest.mark.parametrize("path", CASE_FILES, ids=[path.stem for path in CASE_FILES])
-async def test_case(path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store_kind", list(StoreKind), ids=str)
+async def test_case(
+    path: Path, store_kind: StoreKind, new_store: Callable[[], StateStore]
+) -> None:
     case = json.loads(path.read_text())
-    run = CaseRun(case, tmp_path / "state.db")
+    run = CaseRun(case, new_store, case_shift_s(store_kind))
     await run.open()
     try:
         await run.play()
         records = await run.history()
 
-        assert stored_rows(records) == expected_rows(case)
+        assert stored_rows(records) == expected_rows(case, run.shift_s)
         sent_ids = [n.transition_id for n in run.sink.received]
         assert len(sent_ids) == len(set(sent_ids)), "a transition was delivered twice"
         assert set(sent_ids) == {r.transition_id for r in records}

@@ -1,12 +1,15 @@
 """End-to-end restart tests: `alertwarden run` killed with SIGKILL and started again.
 
 Each test runs the installed console script in a subprocess, so the process really dies between
-two SQLite commits, or between a write to stdout and the commit that marks it delivered.
+two store commits, or between a write to stdout and the commit that marks it delivered. Every
+test runs with a SQLite file (--state) and with a migrated PostgreSQL database (--database).
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import math
 import os
 import random
 import signal
@@ -15,16 +18,20 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import LiteralString, Protocol
 
+import psycopg
 import pytest
 
 pytestmark = pytest.mark.slow
 
 CLI = Path(sys.executable).parent / "alertwarden"
 START_S = datetime(2024, 6, 1, tzinfo=UTC).timestamp()
+DAY_S = 86400
 HOSTS = ("web-1", "web-2", "web-3", "db-1", "db-2", "mail", "vpn", "git")
 USERS = ("root", "admin", "deploy", "oracle")
 
@@ -63,10 +70,12 @@ def make_event(time_s: float, host: str, event: str, rng: random.Random) -> dict
     return {"ts": stamp, "host": host, "event": event, "user": rng.choice(USERS), "port": 22}
 
 
-def host_events(host: str, end_s: float, rng: random.Random) -> list[tuple[float, str]]:
+def host_events(
+    host: str, start_s: float, end_s: float, rng: random.Random
+) -> list[tuple[float, str]]:
     """Alternate bursts (several failed logins a minute) and quiet spells for one host."""
     events: list[tuple[float, str]] = []
-    time_s = START_S + rng.uniform(0, 600)
+    time_s = start_s + rng.uniform(0, 600)
     while time_s < end_s:
         burst_s = rng.uniform(60, 540)
         rate_per_s = rng.uniform(1.2, 4.0) / 60
@@ -81,13 +90,14 @@ def host_events(host: str, end_s: float, rng: random.Random) -> list[tuple[float
     return events
 
 
-def write_bursty_input(path: Path, seed: int, hours: float) -> int:
+def write_bursty_input(path: Path, seed: int, start_s: float, hours: float) -> int:
     """Write a seeded JSON-lines input in event-time order; return the number of lines."""
     rng = random.Random(seed)
-    end_s = START_S + hours * 3600
+    end_s = start_s + hours * 3600
     timeline = []
     for host in HOSTS:
-        timeline.extend((time_s, host, event) for time_s, event in host_events(host, end_s, rng))
+        events = host_events(host, start_s, end_s, rng)
+        timeline.extend((time_s, host, event) for time_s, event in events)
     timeline.sort()
     with path.open("w", encoding="utf-8") as handle:
         for time_s, host, event in timeline:
@@ -98,7 +108,7 @@ def write_bursty_input(path: Path, seed: int, hours: float) -> int:
 # ---------------------------------------------------------------- process
 
 
-def run_command(rules: Path, input_path: Path, state: Path) -> list[str]:
+def run_command(rules: Path, input_path: Path, state: RunState) -> list[str]:
     return [
         str(CLI),
         "run",
@@ -106,8 +116,7 @@ def run_command(rules: Path, input_path: Path, state: Path) -> list[str]:
         str(rules),
         "--input",
         str(input_path),
-        "--state",
-        str(state),
+        *state.cli_args(),
         "--output",
         "jsonl",
         "--log-format",
@@ -193,6 +202,89 @@ def undelivered_ids(state: Path) -> set[str]:
     return {row[0] for row in rows}
 
 
+class StoreKind(enum.StrEnum):
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+HistoryRow = tuple[float, str, str, str, int]
+
+
+class RunState(Protocol):
+    """The state of `alertwarden run` as the tests pass it and read it back."""
+
+    def cli_args(self) -> list[str]: ...
+
+    def history_rows(self) -> list[HistoryRow]: ...
+
+    def transition_ids(self) -> list[str]: ...
+
+    def undelivered_ids(self) -> set[str]: ...
+
+
+@dataclass(frozen=True)
+class SQLiteState:
+    path: Path
+
+    def cli_args(self) -> list[str]:
+        return ["--state", str(self.path)]
+
+    def history_rows(self) -> list[HistoryRow]:
+        return history_rows(self.path)
+
+    def transition_ids(self) -> list[str]:
+        return history_transition_ids(self.path)
+
+    def undelivered_ids(self) -> set[str]:
+        return undelivered_ids(self.path)
+
+
+@dataclass(frozen=True)
+class PostgresState:
+    """A database prepared by `alertwarden migrate`, with its history in evaluation_history."""
+
+    url: str
+
+    def cli_args(self) -> list[str]:
+        return ["--database", self.url]
+
+    def _fetch(self, query: LiteralString) -> list[tuple]:
+        with psycopg.connect(self.url, connect_timeout=5) as conn:
+            return conn.execute(query).fetchall()
+
+    def history_rows(self) -> list[HistoryRow]:
+        # jsonb prints its keys in one canonical order, so the group text compares as a value.
+        rows = self._fetch(
+            "SELECT at_s, rule_id, group_key::text, kind, count FROM evaluation_history"
+        )
+        return sorted(rows)
+
+    def transition_ids(self) -> list[str]:
+        return [row[0] for row in self._fetch("SELECT transition_id FROM evaluation_history")]
+
+    def undelivered_ids(self) -> set[str]:
+        rows = self._fetch("SELECT transition_id FROM evaluation_history WHERE NOT delivered")
+        return {row[0] for row in rows}
+
+
+def input_start_s(store_kind: StoreKind) -> float:
+    """Return the time that the generated inputs for `store_kind` start from.
+
+    The PostgreSQL store drops history day partitions older than its 7-day retention by the
+    wall clock, so its inputs start at midnight UTC two days ago. SQLite prunes by the event
+    clock, so its inputs keep a fixed date.
+    """
+    if store_kind is StoreKind.SQLITE:
+        return START_S
+    return float((math.floor(time.time() / DAY_S) - 2) * DAY_S)
+
+
+def new_state(store_kind: StoreKind, directory: Path, new_database: Callable[[], str]) -> RunState:
+    if store_kind is StoreKind.SQLITE:
+        return SQLiteState(directory / "state.sqlite")
+    return PostgresState(new_database())
+
+
 def by_id(lines: list[str]) -> dict[str, dict[str, object]]:
     return {obj["id"]: obj for obj in map(json.loads, lines)}
 
@@ -208,44 +300,95 @@ def run_finished(stderr: str) -> dict[str, object]:
 # ------------------------------------------------------------------ tests
 
 
-@pytest.fixture(scope="module")
-def bursty_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("bursty")
-    rules = directory / "rules.yaml"
-    rules.write_text(RULES_YAML)
-    input_path = directory / "events.jsonl"
-    write_bursty_input(input_path, seed=20240601, hours=6)
-    return rules, input_path
+@pytest.fixture(params=list(StoreKind), ids=str)
+def store_kind(request: pytest.FixtureRequest) -> StoreKind:
+    return request.param
+
+
+@pytest.fixture
+def state(store_kind: StoreKind, tmp_path: Path, request: pytest.FixtureRequest) -> RunState:
+    """A new, empty state for one test: a SQLite file or a migrated database."""
+    # The PostgreSQL fixture is looked up only when used, so the SQLite variants need no server.
+    return new_state(store_kind, tmp_path, lambda: request.getfixturevalue("pg_migrated_url"))
 
 
 @pytest.fixture(scope="module")
+def bursty_inputs() -> dict[StoreKind, tuple[Path, Path]]:
+    """Rules and input per store kind, written by the first test that needs them."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[StoreKind, tuple[RunOutput, RunState]]:
+    """Uninterrupted runs per store kind, made by the first test that needs them."""
+    # A cache and not a module fixture with params, because the SIGKILL test sets store_kind
+    # together with its seed, and pytest would run a module fixture again for those parameters.
+    return {}
+
+
+@pytest.fixture
+def bursty_input(
+    store_kind: StoreKind,
+    bursty_inputs: dict[StoreKind, tuple[Path, Path]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, Path]:
+    if store_kind not in bursty_inputs:
+        directory = tmp_path_factory.mktemp("bursty")
+        rules = directory / "rules.yaml"
+        rules.write_text(RULES_YAML)
+        input_path = directory / "events.jsonl"
+        write_bursty_input(input_path, seed=20240601, start_s=input_start_s(store_kind), hours=6)
+        bursty_inputs[store_kind] = rules, input_path
+    return bursty_inputs[store_kind]
+
+
+@pytest.fixture
 def reference(
-    bursty_input: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[RunOutput, Path]:
-    rules, input_path = bursty_input
-    state = tmp_path_factory.mktemp("reference") / "state.sqlite"
-    output = run_to_end(run_command(rules, input_path, state))
-    assert output.returncode == 0, output.stderr
-    return output, state
+    store_kind: StoreKind,
+    bursty_input: tuple[Path, Path],
+    references: dict[StoreKind, tuple[RunOutput, RunState]],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> tuple[RunOutput, RunState]:
+    if store_kind not in references:
+        rules, input_path = bursty_input
+        state = new_state(
+            store_kind,
+            tmp_path_factory.mktemp("reference"),
+            lambda: request.getfixturevalue("pg_migrated_database_factory")(),
+        )
+        output = run_to_end(run_command(rules, input_path, state))
+        assert output.returncode == 0, output.stderr
+        references[store_kind] = output, state
+    return references[store_kind]
 
 
-def test_reference_covers_every_kind(reference: tuple[RunOutput, Path]) -> None:
+def test_reference_covers_every_kind(reference: tuple[RunOutput, RunState]) -> None:
     output, state = reference
     kinds = Counter(obj["kind"] for obj in map(json.loads, output.stdout_lines))
     for kind in ("fired", "recovered", "cooldown_hit", "renotified"):
         assert kinds[kind] >= 10, f"only {kinds[kind]} {kind} transitions: {kinds}"
-    assert len(history_rows(state)) == len(output.stdout_lines)
+    assert len(state.history_rows()) == len(output.stdout_lines)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+# One PostgreSQL seed keeps the run time moderate. Its run still kills the process up to 6 times
+# and asserts at least 5 kills, like the SQLite runs.
+@pytest.mark.parametrize(
+    ("store_kind", "seed"),
+    [(StoreKind.SQLITE, 1), (StoreKind.SQLITE, 2), (StoreKind.POSTGRES, 1)],
+    ids=["sqlite-1", "sqlite-2", "postgres-1"],
+)
 def test_sigkill_restarts_match_reference(
-    seed: int, bursty_input: tuple[Path, Path], reference: tuple[RunOutput, Path], tmp_path: Path
+    seed: int,
+    bursty_input: tuple[Path, Path],
+    reference: tuple[RunOutput, RunState],
+    state: RunState,
+    tmp_path: Path,
 ) -> None:
     rules, input_path = bursty_input
     reference_output, reference_state = reference
     reference_by_id = by_id(reference_output.stdout_lines)
     total_transitions = len(reference_output.stdout_lines)
-    state = tmp_path / "state.sqlite"
     command = run_command(rules, input_path, state)
     rng = random.Random(seed)
 
@@ -267,7 +410,7 @@ def test_sigkill_restarts_match_reference(
             output = run_and_kill(command, tmp_path / f"stderr-{runs}.log", kill_after_lines, delay_s)
         else:
             output = run_to_end(command)
-        undelivered_now = undelivered_ids(state) if output.killed else set()
+        undelivered_now = state.undelivered_ids() if output.killed else set()
 
         printed = [json.loads(line) for line in output.stdout_lines]
         assert len({obj["id"] for obj in printed}) == len(printed), "one run printed an id twice"
@@ -290,24 +433,26 @@ def test_sigkill_restarts_match_reference(
         undelivered_at_last_kill = undelivered_now
 
     assert kills >= 5
-    assert history_rows(state) == history_rows(reference_state)
-    ids = history_transition_ids(state)
+    assert state.history_rows() == reference_state.history_rows()
+    ids = state.transition_ids()
     assert len(ids) == len(set(ids))
-    assert undelivered_ids(state) == set()
+    assert state.undelivered_ids() == set()
     assert seen.keys() == reference_by_id.keys()
     for transition_id, obj in reference_by_id.items():
         assert seen[transition_id] == obj
 
 
 def test_appended_input_emits_only_new(
-    bursty_input: tuple[Path, Path], reference: tuple[RunOutput, Path], tmp_path: Path
+    bursty_input: tuple[Path, Path],
+    reference: tuple[RunOutput, RunState],
+    state: RunState,
+    tmp_path: Path,
 ) -> None:
     rules, full_input = bursty_input
     reference_output, _ = reference
     lines = full_input.read_bytes().splitlines(keepends=True)
     growing = tmp_path / "events.jsonl"
     growing.write_bytes(b"".join(lines[: len(lines) // 2]))
-    state = tmp_path / "state.sqlite"
     command = run_command(rules, growing, state)
 
     first = run_to_end(command)
@@ -336,17 +481,19 @@ def write_jsonl(path: Path, start_s: float, count: int, host: str) -> None:
             handle.write(json.dumps(event) + "\n")
 
 
-def test_replaced_input_read_from_start(bursty_input: tuple[Path, Path], tmp_path: Path) -> None:
+def test_replaced_input_read_from_start(
+    store_kind: StoreKind, bursty_input: tuple[Path, Path], state: RunState, tmp_path: Path
+) -> None:
     rules, _ = bursty_input
+    start_s = input_start_s(store_kind)
     input_path = tmp_path / "events.jsonl"
-    write_jsonl(input_path, START_S, 40, "web-1")
-    state = tmp_path / "state.sqlite"
+    write_jsonl(input_path, start_s, 40, "web-1")
     command = run_command(rules, input_path, state)
     first = run_to_end(command)
     assert first.returncode == 0, first.stderr
 
     replacement = tmp_path / "events.jsonl.new"
-    write_jsonl(replacement, START_S + 3600, 60, "db-1")
+    write_jsonl(replacement, start_s + 3600, 60, "db-1")
     old_inode = input_path.stat().st_ino
     os.replace(replacement, input_path)
     assert input_path.stat().st_ino != old_inode
@@ -360,17 +507,19 @@ def test_replaced_input_read_from_start(bursty_input: tuple[Path, Path], tmp_pat
     assert "db-1" in hosts
 
 
-def test_truncated_input_read_from_start(bursty_input: tuple[Path, Path], tmp_path: Path) -> None:
+def test_truncated_input_read_from_start(
+    store_kind: StoreKind, bursty_input: tuple[Path, Path], state: RunState, tmp_path: Path
+) -> None:
     rules, _ = bursty_input
+    start_s = input_start_s(store_kind)
     input_path = tmp_path / "events.jsonl"
-    write_jsonl(input_path, START_S, 80, "web-1")
-    state = tmp_path / "state.sqlite"
+    write_jsonl(input_path, start_s, 80, "web-1")
     command = run_command(rules, input_path, state)
     first = run_to_end(command)
     assert first.returncode == 0, first.stderr
 
     inode = input_path.stat().st_ino
-    write_jsonl(input_path, START_S + 3600, 30, "db-2")  # same inode, shorter content
+    write_jsonl(input_path, start_s + 3600, 30, "db-2")  # same inode, shorter content
     assert input_path.stat().st_ino == inode
     second = run_to_end(command)
 
