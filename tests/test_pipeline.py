@@ -243,6 +243,26 @@ async def test_final_flush_failure_raises(tmp_path: Path) -> None:
     await inner.close()
 
 
+async def test_final_flush_unstored_raises(tmp_path: Path) -> None:
+    rules = load_rules_text(RULES)
+    inner = SQLiteStore(tmp_path / "unstored.sqlite")
+    await inner.open()
+    store = FlakyStore(inner)
+    sink = CollectingSink()
+    pipeline = make_pipeline(rules, store, sink, FakeMonotonic())
+    await pipeline.start(no_resume)
+    store.down = True
+    burst = [e for e in events() if e.fields["host"] == "web-1"][:3]
+    for offset, event in enumerate(burst):
+        await pipeline.process(event, offset)
+    # The alert went out although the store is down, and the run must not end as a success.
+    assert [n.kind for n in sink.sent] == ["fired"]
+
+    with pytest.raises(StoreError, match="1 transitions could not be stored"):
+        await pipeline.finish(len(burst))
+    await inner.close()
+
+
 async def test_window_change_resolves_firing(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     store = SQLiteStore(path)

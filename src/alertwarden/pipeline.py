@@ -171,6 +171,11 @@ class RuleGroupPipeline:
         if not force and self._in_backoff():
             return
         if self._unstored and not await self._store_backlog():
+            if force:
+                raise StoreError(
+                    f"{len(self._unstored)} transitions could not be stored; the next run "
+                    "replays the input from the last checkpoint that was written"
+                )
             return
         started = time.perf_counter()
         changed, forgotten = self.evaluator.drain_changes(offset)
