@@ -290,6 +290,8 @@ class Evaluator:
         self, event: Event, offset: int = 0, arrival_s: float | None = None
     ) -> list[Transition]:
         """Run the boundary ticks that `event` triggers; the runner may flush after this."""
+        if arrival_s is None and self.settings.clock is ClockMode.EVENT:
+            return self.advance(event.time_s, offset)
         if self.settings.clock is ClockMode.WALL and arrival_s is not None:
             return self.advance(arrival_s, offset)
         return self.advance(self.effective_time(event.time_s, arrival_s)[0], offset)

@@ -1,8 +1,9 @@
 """Columnar storage of one rule's groups: bucket rings, times and flags in flat arrays.
 
 One object per group cost about 370 bytes per group key in CPython 3.11 (measured with tracemalloc
-for 10 buckets, key included); flat arrays indexed by a slot number bring that to roughly
-140 + 4 * N bytes, N being the number of buckets. See bench/ for the measured figure.
+for 10 buckets, key included). Flat arrays indexed by a slot number bring that to about
+250 + 4.2 * N bytes, key string, key tuple and dict entry included, N being the number of
+buckets (bench/engine_throughput.py, 100,000 one-field keys).
 
 Ring layout: slot s owns counts[s * N : (s + 1) * N]. Bucket b lives at position b % N. The ring
 holds the buckets (head - N, head], head being the newest bucket that received an event, and
@@ -23,6 +24,12 @@ SUPPRESSED = 2
 """Flag bit: a cooldown_hit episode is open; the next cooldown_hit of it is not written."""
 NO_TIME = math.nan
 """Stored in the time arrays for 'never'; NaN compares false with everything."""
+GROWTH_MIN_SLOTS = 1024
+"""Fewest slots the arrays grow by at once."""
+
+
+def _nan_block(count: int) -> array:
+    return array("d", [NO_TIME]) * count
 
 
 class GroupTable:
@@ -43,7 +50,9 @@ class GroupTable:
         # slots would cost about 40 bytes more per changed group.
         self.dirty_flags = bytearray()
         self.dirty_slots: list[int] = []
+        # Slots of forgotten groups, reused first; slots from _used on were never used.
         self._free: list[int] = []
+        self._used = 0
         # Expiry schedule: bucket index -> slots whose window may be empty from that bucket on.
         # Entries may be stale (the group got newer events, or the slot was reused); the reader
         # re-checks the group, so a stale entry costs one lookup and never forgets a live group.
@@ -55,33 +64,33 @@ class GroupTable:
 
     def add(self, key: GroupKey, head: int) -> int:
         """Create a group with an empty ring whose newest bucket is `head`; return its slot."""
-        n = self.n_buckets
         if self._free:
             slot = self._free.pop()
-            self.keys[slot] = key
-            base = slot * n
-            self.counts[base : base + n] = array("I", bytes(4 * n))
-            self.totals[slot] = 0
-            self.heads[slot] = head
-            self.last_seen[slot] = NO_TIME
-            self.last_fired[slot] = NO_TIME
-            self.last_notified[slot] = NO_TIME
-            self.flags[slot] = 0
-            self.dirty_flags[slot] = 0
         else:
-            slot = len(self.keys)
-            self.keys.append(key)
-            self.counts.frombytes(bytes(4 * n))
-            self.totals.append(0)
-            self.heads.append(head)
-            self.last_seen.append(NO_TIME)
-            self.last_fired.append(NO_TIME)
-            self.last_notified.append(NO_TIME)
-            self.flags.append(0)
-            self.dirty_flags.append(0)
+            if self._used == len(self.keys):
+                self._grow()
+            slot = self._used
+            self._used += 1
+        self.keys[slot] = key
+        self.heads[slot] = head
         self.slots[key] = slot
-        self.schedule(slot, head + n)
+        self.schedule(slot, head + self.n_buckets)
         return slot
+
+    def _grow(self) -> None:
+        """Add a block of free, zeroed slots: one extend per array instead of one per group."""
+        old = len(self.keys)
+        # A 32nd keeps unused capacity, and so memory per group, within about 3 %.
+        extra = max(GROWTH_MIN_SLOTS, old // 32)
+        self.keys.extend([None] * extra)
+        self.counts.frombytes(bytes(4 * self.n_buckets * extra))
+        self.totals.frombytes(bytes(4 * extra))
+        self.heads.frombytes(bytes(8 * extra))
+        self.last_seen.extend(_nan_block(extra))
+        self.last_fired.extend(_nan_block(extra))
+        self.last_notified.extend(_nan_block(extra))
+        self.flags.extend(bytes(extra))
+        self.dirty_flags.extend(bytes(extra))
 
     def mark_dirty(self, slot: int) -> None:
         if not self.dirty_flags[slot]:
@@ -97,11 +106,18 @@ class GroupTable:
         return slots
 
     def remove(self, slot: int) -> GroupKey:
-        """Forget the group in `slot` and return its key."""
+        """Forget the group in `slot`, reset the slot for reuse, and return its key."""
         key = self.keys[slot]
         assert key is not None
         del self.slots[key]
         self.keys[slot] = None
+        n = self.n_buckets
+        self.counts[slot * n : (slot + 1) * n] = array("I", bytes(4 * n))
+        self.totals[slot] = 0
+        self.last_seen[slot] = NO_TIME
+        self.last_fired[slot] = NO_TIME
+        self.last_notified[slot] = NO_TIME
+        self.flags[slot] = 0
         self.dirty_flags[slot] = 0
         self._free.append(slot)
         return key
