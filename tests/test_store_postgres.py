@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import math
 import os
 import random
@@ -357,6 +359,41 @@ async def test_invalid_count_rejected(store: PostgresStore) -> None:
         )
 
 
+async def test_bool_count_rejected(store: PostgresStore) -> None:
+    with pytest.raises(StoreError, match="bucket count True"):
+        await store.flush(
+            "t", "g", FlushBatch([snapshot(counts=(True, 0, 0, 0))], [], checkpoint())
+        )
+
+
+async def test_flush_count_lengths_roundtrip(store: PostgresStore) -> None:
+    tenant = unique()
+    snaps = [
+        dataclasses.replace(snapshot("r1", (str(n),), position=3, counts=tuple(range(n))),
+                            last_fired_at=1_700_000_000.5 if n % 2 else None)
+        for n in (1, 4, 60, 2, 7)
+    ]
+
+    await store.flush(tenant, "g", FlushBatch(snaps, [], checkpoint(3)))
+    loaded = await store.load(tenant, "g")
+
+    assert sorted(loaded.groups["r1"], key=repr) == sorted(snaps, key=repr)
+
+
+async def test_flush_int_subclass_stored(store: PostgresStore) -> None:
+    class Bucket(enum.IntEnum):
+        FIVE = 5
+
+    tenant = unique()
+    snaps = [snapshot(position=2, counts=(Bucket.FIVE, 0, 1, 2))]
+
+    await store.flush(tenant, "g", FlushBatch(snaps, [], checkpoint(2)))
+    (stored,) = (await store.load(tenant, "g")).groups["r1"]
+
+    assert stored.counts == (5, 0, 1, 2)
+    assert type(stored.counts[0]) is int
+
+
 async def test_closed_store_raises(pg_store_url: str) -> None:
     pg_store = PostgresStore(pg_store_url)
 
@@ -494,10 +531,9 @@ _FLUSH_CHILD = textwrap.dedent(
     from alertwarden.engine.records import Checkpoint, FlushBatch, GroupSnapshot, GroupStatus
     from alertwarden.store.postgres import PostgresStore
 
-    async def main(url, rows):
+    async def main(url, rows, generation):
         store = PostgresStore(url, pool_max=1)
         await store.open()
-        generation = 0
         while True:
             generation += 1
             snaps = [
@@ -509,7 +545,7 @@ _FLUSH_CHILD = textwrap.dedent(
             await store.flush("crash", "g", FlushBatch(snaps, [], point))
             print(generation, flush=True)
 
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
     """
 )
 
@@ -520,9 +556,13 @@ async def test_kill_during_flush_atomic(pg_database_factory: Callable[[], str]) 
     await migrate(url, history_backend="partitioned")
     rows = 20_000
     rng = random.Random(7)
+    # Each child continues from the stored generation. A child that started again at 1 would
+    # have its older snapshots rejected by the position guard, so rows and checkpoint would
+    # differ without any torn flush.
+    checkpoint_position = 0
     for _ in range(4):
         child = subprocess.Popen(
-            [sys.executable, "-c", _FLUSH_CHILD, url, str(rows)],
+            [sys.executable, "-c", _FLUSH_CHILD, url, str(rows), str(checkpoint_position)],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
+import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from array import array
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import accumulate, chain
 from typing import Any, LiteralString
 
 import orjson
 import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool
 
 from alertwarden.engine.records import (
@@ -51,20 +57,23 @@ _GROUP_COLUMNS: LiteralString = (
     " last_fired_at, last_notified_at, status, suppressed, position"
 )
 
-# unnest flattens a 2-D array, so each row's counts travel as the text of an int array literal
-# and are cast per row. The WHERE clause of the update is the position guard: a snapshot taken
+# Every array travels in the binary wire format that _group_params builds, which saves the
+# driver's per-element conversion and the server's text parsing. Arrays of arrays do not exist
+# in PostgreSQL, so all counts travel as one flat integer[] that each row slices by its 1-based
+# end index and length. The WHERE clause of the update is the position guard: a snapshot taken
 # at an earlier input step never replaces a newer one that record_transitions wrote.
 _UPSERT_GROUPS: LiteralString = f"""
 INSERT INTO rule_state (tenant_id, rule_group, {_GROUP_COLUMNS})
 SELECT %(tenant)s, %(rule_group)s, r.rule_id, r.group_key, r.window_s, r.bucket_s,
-       r.counts::integer[], r.head_bucket, r.last_seen_at, r.last_fired_at,
-       r.last_notified_at, r.status, r.suppressed, r.position
+       (%(counts)b::integer[])[r.counts_end - r.counts_len + 1 : r.counts_end], r.head_bucket,
+       r.last_seen_at, r.last_fired_at, r.last_notified_at, r.status, r.suppressed, r.position
 FROM unnest(
-    %(rule_id)s::text[], %(group_key)s::text[], %(window_s)s::integer[], %(bucket_s)s::integer[],
-    %(counts)s::text[], %(head_bucket)s::bigint[], %(last_seen_at)s::float8[],
-    %(last_fired_at)s::float8[], %(last_notified_at)s::float8[], %(status)s::text[],
-    %(suppressed)s::boolean[], %(position)s::bigint[]
-) AS r({_GROUP_COLUMNS})
+    %(rule_id)b::text[], %(group_key)b::text[], %(window_s)b::integer[], %(bucket_s)b::integer[],
+    %(counts_end)b::integer[], %(counts_len)b::integer[], %(head_bucket)b::bigint[],
+    %(last_seen_at)b::float8[], %(last_fired_at)b::float8[], %(last_notified_at)b::float8[],
+    %(status)b::text[], %(suppressed)b::boolean[], %(position)b::bigint[]
+) AS r(rule_id, group_key, window_s, bucket_s, counts_end, counts_len, head_bucket,
+       last_seen_at, last_fired_at, last_notified_at, status, suppressed, position)
 ON CONFLICT (tenant_id, rule_group, rule_id, group_key) DO UPDATE SET
     window_s = excluded.window_s,
     bucket_s = excluded.bucket_s,
@@ -277,6 +286,7 @@ class PostgresStore:
             max_size=self._pool_max,
             timeout=self._pool_timeout_s,
             kwargs={"autocommit": True, "prepare_threshold": self._prepare_threshold},
+            configure=_configure_connection,
             open=False,
         )
         try:
@@ -368,7 +378,7 @@ class PostgresStore:
         if not transitions:
             return []
         history = _history_columns(tenant, rule_group, transitions)
-        groups = _group_columns([t.snapshot for t in transitions])
+        groups = _group_params([t.snapshot for t in transitions])
 
         if self.settings.history_backend == "partitioned":
             # Its own short transaction: a partition made for a batch that then fails is harmless.
@@ -389,7 +399,7 @@ class PostgresStore:
                 )
                 ids.update(await cursor.fetchall())
             await conn.execute(
-                _UPSERT_GROUPS, {"tenant": tenant, "rule_group": rule_group, **groups}
+                _UPSERT_GROUPS, {"tenant": tenant, "rule_group": rule_group, **groups.arrays}
             )
         return [ids[tid] for tid in history["transition_id"]]
 
@@ -399,7 +409,7 @@ class PostgresStore:
         All three happen in one transaction, so a crash leaves this flush or the previous one.
         """
         _check_scope(tenant, rule_group)
-        groups = _group_columns(batch.changed)
+        groups = _group_params(batch.changed)
         forgotten_rule_ids: list[str] = []
         forgotten_keys: list[str] = []
         for rule_id, key in batch.forgotten:
@@ -409,9 +419,9 @@ class PostgresStore:
         checkpoint = _checkpoint_params(tenant, rule_group, batch.checkpoint)
 
         async with self._transaction("flush") as conn:
-            if groups["rule_id"]:
+            if groups.rows:
                 await conn.execute(
-                    _UPSERT_GROUPS, {"tenant": tenant, "rule_group": rule_group, **groups}
+                    _UPSERT_GROUPS, {"tenant": tenant, "rule_group": rule_group, **groups.arrays}
                 )
             if forgotten_rule_ids:
                 await conn.execute(
@@ -700,6 +710,10 @@ class PostgresStore:
                     yield conn
 
 
+async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
+    conn.adapters.register_dumper(_BinaryArray, _BinaryArrayDumper)
+
+
 @contextmanager
 def _translate_errors(action: str) -> Iterator[None]:
     """Turn driver errors into StoreError. This is the one place where that happens."""
@@ -820,7 +834,7 @@ def _decode_key(text: str) -> GroupKey:
     return tuple(values)
 
 
-def _encode_counts(rule_id: str, counts: object) -> str:
+def _check_counts(rule_id: str, counts: object) -> tuple[int, ...]:
     if not isinstance(counts, tuple):
         raise StoreError(f"invalid counts {counts!r} of rule {_preview(rule_id)}: expected a tuple")
     for count in counts:
@@ -829,15 +843,120 @@ def _encode_counts(rule_id: str, counts: object) -> str:
                 f"invalid bucket count {count!r} of rule {_preview(rule_id)}: expected an integer"
                 f" from 0 to {_INT32_MAX}"
             )
-    return "{" + ",".join(map(str, counts)) + "}"
+    return counts
 
 
-def _group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list[Any]]:
-    """Check the snapshots and return them as one list per rule_state column.
+_COLUMN_NAMES = (
+    "rule_id", "group_key", "window_s", "bucket_s", "counts", "head_bucket", "last_seen_at",
+    "last_fired_at", "last_notified_at", "status", "suppressed", "position",
+)
+_STATUS_VALUES = {status.value: status.value for status in GroupStatus}
+
+
+def _group_params(snapshots: Sequence[GroupSnapshot]) -> _GroupParams:
+    """Check the snapshots and encode them as the array parameters of _UPSERT_GROUPS.
 
     A group may appear more than once, such as when one tick both fires and recovers it. One
     INSERT ... ON CONFLICT cannot touch a row twice, so only the snapshot that a sequence of
     single upserts would leave is kept: the last one among those with the greatest position.
+    """
+    # The bulk checks run in C over whole columns. When they fail or raise, the row-by-row
+    # checks run instead: they accept what the bulk checks only doubted, such as an int
+    # subclass, and raise an error that names the invalid field and its rule.
+    try:
+        columns = _bulk_group_columns(snapshots)
+    except (TypeError, ValueError, OverflowError, KeyError):
+        columns = None
+    if columns is None:
+        columns = _checked_group_columns(snapshots)
+    return _encode_group_columns(columns)
+
+
+def _bulk_group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list[Any]] | None:
+    """Return one list per rule_state column, or None when a bulk check fails."""
+    latest: dict[tuple[str, bytes], GroupSnapshot] = {}
+    for snapshot in snapshots:
+        identity = (snapshot.rule_id, orjson.dumps(snapshot.key))
+        previous = latest.get(identity)
+        if previous is None or snapshot.position >= previous.position:
+            latest[identity] = snapshot
+    rows = list(latest.values())
+
+    rule_ids = [s.rule_id for s in rows]
+    keys = [s.key for s in rows]
+    key_values = list(chain.from_iterable(keys))
+    counts = [s.counts for s in rows]
+    last_seen_at = [s.last_seen_at for s in rows]
+    last_fired_at = [s.last_fired_at for s in rows]
+    last_notified_at = [s.last_notified_at for s in rows]
+    suppressed = [s.suppressed for s in rows]
+    columns: dict[str, list[Any]] = {
+        "rule_id": rule_ids,
+        "group_key": [encoded_key.decode() for _, encoded_key in latest],
+        "window_s": [s.window_s for s in rows],
+        "bucket_s": [s.bucket_s for s in rows],
+        "counts": counts,
+        "head_bucket": [s.head_bucket for s in rows],
+        "last_seen_at": last_seen_at,
+        "last_fired_at": last_fired_at,
+        "last_notified_at": last_notified_at,
+        "status": [_STATUS_VALUES[s.status] for s in rows],
+        "suppressed": suppressed,
+        "position": [s.position for s in rows],
+    }
+    valid = (
+        _is_valid_text(rule_ids)
+        and _types_within(keys, {tuple})
+        and _types_within(key_values, {str, type(None)})
+        and _is_valid_text([v for v in key_values if v is not None])
+        and _are_ints_within(columns["window_s"], 1, _INT32_MAX)
+        and _are_ints_within(columns["bucket_s"], 1, _INT32_MAX)
+        and _types_within(counts, {tuple})
+        and _are_ints_within(list(chain.from_iterable(counts)), 0, _INT32_MAX)
+        and _are_ints_within(columns["head_bucket"], _INT64_MIN, _INT64_MAX)
+        and _are_ints_within(columns["position"], _INT64_MIN, _INT64_MAX)
+        and _are_finite_floats(last_seen_at)
+        and _are_finite_floats([t for t in last_fired_at if t is not None])
+        and _are_finite_floats([t for t in last_notified_at if t is not None])
+        and _types_within(suppressed, {bool})
+    )
+    return columns if valid else None
+
+
+def _types_within(values: Iterable[object], types: set[type]) -> bool:
+    # Exact types on purpose: bool must not pass for int.
+    return set(map(type, values)) <= types
+
+
+def _is_valid_text(values: list[Any]) -> bool:
+    if not _types_within(values, {str}):
+        return False
+    joined = "".join(values)
+    if "\x00" in joined:
+        return False
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _are_ints_within(values: list[Any], low: int, high: int) -> bool:
+    if not values:
+        return True
+    return _types_within(values, {int}) and low <= min(values) and max(values) <= high
+
+
+def _are_finite_floats(values: list[Any]) -> bool:
+    # The binary float8 encoding packs an int as the float that float() returns for it.
+    return _types_within(values, {float, int}) and all(map(math.isfinite, values))
+
+
+def _checked_group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list[Any]]:
+    """Check the snapshots one by one and return them as one list per rule_state column.
+
+    It raises StoreError naming the first invalid field, and keeps the same snapshots as
+    _bulk_group_columns.
     """
     latest: dict[tuple[str, str], GroupSnapshot] = {}
     keys: dict[tuple[str, str], str] = {}
@@ -852,11 +971,7 @@ def _group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list[Any]]:
 
     columns: dict[str, list[Any]] = {
         name: []
-        for name in (
-            "rule_id", "group_key", "window_s", "bucket_s", "counts", "head_bucket",
-            "last_seen_at", "last_fired_at", "last_notified_at", "status", "suppressed",
-            "position",
-        )
+        for name in _COLUMN_NAMES
     }
     for identity, snapshot in latest.items():
         rule_id = snapshot.rule_id
@@ -876,7 +991,7 @@ def _group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list[Any]]:
         columns["group_key"].append(keys[identity])
         columns["window_s"].append(_check_int("window_s", snapshot.window_s, 1, _INT32_MAX))
         columns["bucket_s"].append(_check_int("bucket_s", snapshot.bucket_s, 1, _INT32_MAX))
-        columns["counts"].append(_encode_counts(rule_id, snapshot.counts))
+        columns["counts"].append(_check_counts(rule_id, snapshot.counts))
         columns["head_bucket"].append(_check_int64("head_bucket", snapshot.head_bucket))
         columns["last_seen_at"].append(_check_time("last_seen_at", snapshot.last_seen_at))
         columns["last_fired_at"].append(
@@ -889,6 +1004,118 @@ def _group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list[Any]]:
         columns["suppressed"].append(snapshot.suppressed)
         columns["position"].append(_check_int64("position", snapshot.position))
     return columns
+
+
+# Binary wire format of one-dimensional arrays (array_send in PostgreSQL's arrayfuncs.c): a
+# header of dimension count, has-null flag, element type oid, length and lower bound, then each
+# element as its byte length (-1 for NULL) and its bytes, all integers big-endian.
+
+_ARRAY_HEADER = struct.Struct(">iiIii")
+_ELEMENT_LENGTH = struct.Struct(">i")
+_NULL_ELEMENT = _ELEMENT_LENGTH.pack(-1)
+_OID_BOOL = 16
+_OID_INT8 = 20
+_OID_INT4 = 23
+_OID_TEXT = 25
+_OID_FLOAT8 = 701
+
+
+@dataclass(frozen=True, slots=True)
+class _BinaryArray:
+    """A one-dimensional PostgreSQL array in the binary wire format, sent with a %b placeholder."""
+
+    data: bytes
+
+
+class _BinaryArrayDumper(Dumper):
+    """Dumper that sends a _BinaryArray as is.
+
+    Its oid stays 0 (unknown), so the server takes the array type from the cast that follows
+    the placeholder, and that cast must name the element type written in the array header.
+    """
+
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        return obj.data
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupParams:
+    """The rule_state rows of one upsert: their count and the array parameters of _UPSERT_GROUPS."""
+
+    rows: int
+    arrays: dict[str, _BinaryArray]
+
+
+def _encode_group_columns(columns: dict[str, list[Any]]) -> _GroupParams:
+    counts: list[tuple[int, ...]] = columns["counts"]
+    counts_len = list(map(len, counts))
+    # NOTE: an array holds at most MaxArraySize (134,217,727) elements, which caps the counts of
+    # one flush in total, such as about 2.2 million groups with 60-bucket windows.
+    return _GroupParams(
+        rows=len(counts),
+        arrays={
+            "rule_id": _text_array(columns["rule_id"]),
+            "group_key": _text_array(columns["group_key"]),
+            "window_s": _int4_array(columns["window_s"]),
+            "bucket_s": _int4_array(columns["bucket_s"]),
+            "counts": _int4_array(list(chain.from_iterable(counts))),
+            "counts_end": _int4_array(list(accumulate(counts_len))),
+            "counts_len": _int4_array(counts_len),
+            "head_bucket": _fixed_array(_OID_INT8, "q", 8, columns["head_bucket"]),
+            "last_seen_at": _fixed_array(_OID_FLOAT8, "d", 8, columns["last_seen_at"]),
+            "last_fired_at": _fixed_array(_OID_FLOAT8, "d", 8, columns["last_fired_at"]),
+            "last_notified_at": _fixed_array(_OID_FLOAT8, "d", 8, columns["last_notified_at"]),
+            "status": _text_array(columns["status"]),
+            "suppressed": _fixed_array(_OID_BOOL, "?", 1, columns["suppressed"]),
+            "position": _fixed_array(_OID_INT8, "q", 8, columns["position"]),
+        },
+    )
+
+
+def _array_header(element_oid: int, length: int, has_null: bool) -> bytes:
+    return _ARRAY_HEADER.pack(1, int(has_null), element_oid, length, 1)
+
+
+def _int4_array(values: list[int]) -> _BinaryArray:
+    # array("i") does the interleaving and the byte swap in C. Its items are a C int, 4 bytes on
+    # LP64 and LLP64 platforms, and it raises OverflowError for a value outside that range.
+    body = array("i", [4]) * (2 * len(values))
+    body[1::2] = array("i", values)
+    if sys.byteorder == "little":
+        body.byteswap()
+    return _BinaryArray(_array_header(_OID_INT4, len(values), False) + body.tobytes())
+
+
+def _fixed_array(element_oid: int, code: str, size: int, values: list[Any]) -> _BinaryArray:
+    """Encode values of one fixed-size struct format code, None as NULL."""
+    nulls = values.count(None)
+    if nulls == len(values):
+        body = _NULL_ELEMENT * len(values)
+    elif nulls:
+        formats: list[str] = []
+        items: list[Any] = []
+        for value in values:
+            if value is None:
+                formats.append("i")
+                items.append(-1)
+            else:
+                formats.append("i" + code)
+                items.extend((size, value))
+        body = struct.pack(">" + "".join(formats), *items)
+    else:
+        items = [size] * (2 * len(values))
+        items[1::2] = values
+        body = struct.pack(">" + ("i" + code) * len(values), *items)
+    return _BinaryArray(_array_header(element_oid, len(values), nulls > 0) + body)
+
+
+def _text_array(values: list[str]) -> _BinaryArray:
+    encoded = [value.encode("utf-8") for value in values]
+    lengths = map(_ELEMENT_LENGTH.pack, map(len, encoded))
+    body = b"".join(chain.from_iterable(zip(lengths, encoded)))
+    return _BinaryArray(_array_header(_OID_TEXT, len(values), False) + body)
 
 
 def _snapshot_from_row(row: tuple[Any, ...]) -> GroupSnapshot:
