@@ -74,6 +74,10 @@ class InputRunner:
         self.summary = RunSummary()
         self._stop = asyncio.Event()
         # (reason) -> reporting bucket of the last warning, and skips since it.
+        self._max_skew_s = min(
+            (p.evaluator.settings.max_future_skew_s for p in self.pipelines), default=60.0
+        )
+        self._future_limit_s = time.time() + self._max_skew_s
         self._reported_bucket: dict[str, int] = {}
         self._unreported: Counter[str] = Counter()
 
@@ -172,6 +176,13 @@ class InputRunner:
             self._report_skip(exc, line.line_number)
             return
         summary.events += 1
+        if arrival_s is None and event.time_s > self._future_limit_s:
+            # Nothing read now can have happened after now: an event stamped beyond the wall
+            # clock plus the allowed skew is skewed even in a replay, and must not move the
+            # event clock (one such line would make every later event late).
+            self._future_limit_s = time.time() + self._max_skew_s
+            if event.time_s > self._future_limit_s:
+                arrival_s = time.time()
         for pipeline in self.pipelines:
             if line.offset >= pipeline.resume_offset:
                 await pipeline.process(event, line.offset, arrival_s)
