@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import sqlite3
@@ -769,3 +770,18 @@ async def test_sigkill_leaves_one_complete_batch(db_path: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
+
+
+async def test_exclusive_store_rejects_second_opener(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    first = SQLiteStore(path, exclusive=True)
+    await first.open()
+
+    second = SQLiteStore(path, exclusive=True)
+    with pytest.raises(StoreError, match="in use by another alertwarden process") as raised:
+        await second.open()
+    assert str(os.getpid()) in str(raised.value)
+
+    await first.close()
+    await second.open()  # the lock is free once the first store is closed
+    await second.close()

@@ -153,7 +153,7 @@ def run(
         settings = EngineSettings(clock=clock_mode, max_future_skew_s=parse_duration(max_future_skew))
         sink = _make_sink(output, webhook or [])
         retention_s = parse_duration(history_retention)
-        store: StateStore = PostgresStore(database) if database else SQLiteStore(state)
+        store: StateStore = PostgresStore(database) if database else SQLiteStore(state, exclusive=True)
         summary, pipelines = asyncio.run(
             _run(compiled, options, settings, store, sink, tenant, retention_s)
         )

@@ -7,15 +7,17 @@ coroutines never interleave statements on the one shared connection.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 import sqlite3
 import struct
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -110,14 +112,35 @@ _HISTORY_COLUMNS = (
 class SQLiteStore:
     """StateStore on one SQLite database file, or on a private in-memory one for `":memory:"`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, exclusive: bool = False) -> None:
         self._path = str(path)
         self._conn: sqlite3.Connection | None = None
+        # With `exclusive`, open() takes a lock on `<path>.lock` that one process holds at a
+        # time: two runs on one state file would both replay and both notify.
+        self._exclusive = exclusive and self._path != ":memory:"
+        self._lock_file: IO[str] | None = None
 
     async def open(self) -> None:
-        """Connect, set the pragmas and apply pending migrations. A second call does nothing."""
+        """Connect, set the pragmas and apply pending migrations. A second call does nothing.
+
+        Raises StoreError when `exclusive` is set and another process holds the state file.
+        """
         if self._conn is not None:
             return
+        if self._exclusive:
+            self._lock_file = _lock_state_file(self._path)
+        try:
+            await self._connect()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file = None
+
+    async def _connect(self) -> None:
         with self._translate_errors("open"):
             conn = sqlite3.connect(self._path, isolation_level=None)
         try:
@@ -140,8 +163,11 @@ class SQLiteStore:
         if self._conn is None:
             return
         conn, self._conn = self._conn, None
-        with self._translate_errors("close"):
-            conn.close()
+        try:
+            with self._translate_errors("close"):
+                conn.close()
+        finally:
+            self._release_lock()
         log.info("state store closed: path=%s", self._path)
 
     async def load(self, tenant: str, rule_group: str) -> StoredState:
@@ -356,6 +382,30 @@ class SQLiteStore:
             yield
         except (sqlite3.Error, OverflowError) as exc:
             raise StoreError(f"SQLite {action} failed on database {self._path}: {exc}") from exc
+
+
+def _lock_state_file(path: str) -> IO[str]:
+    """Take the exclusive lock of a state file, or raise StoreError naming the holder."""
+    lock_path = path + ".lock"
+    try:
+        lock_file = open(lock_path, "a+")  # noqa: SIM115 - held open for the store's lifetime
+    except OSError as exc:
+        raise StoreError(f"cannot create the lock file {lock_path!r}: {exc}") from exc
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise StoreError(
+            f"state file {path!r} is in use by another alertwarden process (pid {holder}); "
+            "wait for it to finish or use another --state file"
+        ) from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
+    return lock_file
 
 
 def _configure(conn: sqlite3.Connection, path: str) -> None:
