@@ -10,10 +10,11 @@ import pytest
 
 from alertwarden.engine.evaluator import Evaluator
 from alertwarden.engine.records import FlushBatch, Transition
-from alertwarden.errors import StoreError
+from alertwarden.errors import SinkError, StoreError
 from alertwarden.events import Event, Signal
 from alertwarden.pipeline import RuleGroupPipeline
 from alertwarden.rules import CompiledRule, load_rules_text
+from alertwarden.sinks import remote as remote_module
 from alertwarden.sinks.base import Notification
 from alertwarden.store.sqlite import SQLiteStore
 
@@ -322,3 +323,89 @@ async def test_failed_flush_keeps_changes(tmp_path: Path) -> None:
     stored = await inner.load("default", "default")
     assert sorted(snap.key for snap in stored.groups["errors"]) == [("web-1",), ("web-2",)]
     await inner.close()
+
+
+class FailingRemoteSink:
+    """A remote sink that fails its first `failures` sends, then records what it receives."""
+
+    name = "fake-webhook"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts = 0
+        self.received: list[Notification] = []
+
+    async def send(self, notification: Notification) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise SinkError("connection refused (simulated)")
+        self.received.append(notification)
+
+    async def close(self) -> None:
+        return None
+
+
+def make_remote_pipeline(
+    store: SQLiteStore, local: CollectingSink, remote: FailingRemoteSink, timeout_s: float
+) -> RuleGroupPipeline:
+    rules = load_rules_text(RULES)
+    return RuleGroupPipeline(
+        Evaluator(rules),
+        rules,
+        store,
+        local,
+        source="test",
+        remote_sinks=[remote],
+        delivery_timeout_s=timeout_s,
+    )
+
+
+async def test_remote_sink_retries_in_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote_module, "RETRY_INITIAL_S", 0.01)
+    store = SQLiteStore(tmp_path / "remote.sqlite")
+    await store.open()
+    local = CollectingSink()
+    remote = FailingRemoteSink(failures=3)
+    pipeline = make_remote_pipeline(store, local, remote, timeout_s=5.0)
+    await pipeline.start(no_resume)
+
+    stream = events()
+    for offset, event in enumerate(stream):
+        await pipeline.process(event, offset)
+    await pipeline.finish(len(stream))
+
+    sent_locally = [n.transition_id for n in local.sent]
+    assert len(sent_locally) >= 8
+    assert len(set(sent_locally)) == len(sent_locally)
+    # The remote sink got every transition once, in order, after its failures.
+    assert [n.transition_id for n in remote.received] == sent_locally
+    assert remote.attempts == len(sent_locally) + 3
+    assert await store.undelivered("default", "default") == []
+    await store.close()
+
+
+async def test_dead_remote_sink_does_not_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote_module, "RETRY_INITIAL_S", 0.01)
+    monkeypatch.setattr(remote_module, "RETRY_MAX_S", 0.02)
+    store = SQLiteStore(tmp_path / "dead.sqlite")
+    await store.open()
+    local = CollectingSink()
+    remote = FailingRemoteSink(failures=10**9)
+    pipeline = make_remote_pipeline(store, local, remote, timeout_s=0.2)
+    await pipeline.start(no_resume)
+
+    stream = events()
+    for offset, event in enumerate(stream):
+        await pipeline.process(event, offset)
+    await pipeline.finish(len(stream))
+
+    # Evaluation and the local output went on; every transition waits in the outbox.
+    assert len(local.sent) >= 8
+    assert remote.received == []
+    undelivered = await store.undelivered("default", "default")
+    assert sorted(r.transition_id for r in undelivered) == sorted(n.transition_id for n in local.sent)
+    await store.close()

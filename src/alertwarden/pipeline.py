@@ -26,6 +26,7 @@ from alertwarden.logs import RateLimitedLog, get_logger
 from alertwarden.rules import CompiledRule, format_duration
 from alertwarden.sinks.base import Notification, Sink
 from alertwarden.sinks.fanout import FanoutError
+from alertwarden.sinks.remote import RemoteDelivery
 from alertwarden.store.base import HistoryRecord, StateStore
 
 log = get_logger(__name__)
@@ -64,6 +65,8 @@ class RuleGroupPipeline:
         source: str,
         history_retention_s: float = DEFAULT_HISTORY_RETENTION_S,
         monotonic: Callable[[], float] = time.monotonic,
+        remote_sinks: Sequence[Sink] = (),
+        delivery_timeout_s: float = 10.0,
     ) -> None:
         self.evaluator = evaluator
         self.rules = {rule.id: rule for rule in rules}
@@ -88,6 +91,14 @@ class RuleGroupPipeline:
         self._error_log = RateLimitedLog(STORE_ERROR_LOG_INTERVAL_S)
         # Transitions made while the store was failing, with whether the sink accepted them.
         self._unstored: list[tuple[Transition, bool]] = []
+        # Remote sinks (webhooks) deliver from background tasks; a history row is marked
+        # delivered when the local sink and every remote sink have it.
+        self._remote = [
+            RemoteDelivery(remote, self._remote_delivered, name=getattr(remote, "name", "remote"))
+            for remote in remote_sinks
+        ]
+        self._remote_waiting: dict[int, int] = {}
+        self.delivery_timeout_s = delivery_timeout_s
 
     # ------------------------------------------------------------- lifecycle
 
@@ -98,6 +109,8 @@ class RuleGroupPipeline:
         not the checkpoint's own offset (stdin, a replaced file) the input cannot be replayed,
         so the stored state is taken as current.
         """
+        for remote in self._remote:
+            remote.start()
         stored = await self.store.load(self.tenant, self.rule_group)
         checkpoint = stored.checkpoint
         replay = replayable
@@ -121,9 +134,24 @@ class RuleGroupPipeline:
         """Flush everything at the end of the input; `offset` is where a later run resumes.
 
         Raises StoreError when the final flush fails: the next run then resumes from the last
-        checkpoint that was written and replays the rest.
+        checkpoint that was written and replays the rest. Remote sinks get up to
+        delivery_timeout_s to catch up; what they have not received by then stays in the outbox.
         """
-        await self.flush(offset, force=True)
+        try:
+            await self.flush(offset, force=True)
+        finally:
+            await self._stop_remote()
+
+    async def _stop_remote(self) -> None:
+        for remote in self._remote:
+            if not await remote.drain(self.delivery_timeout_s):
+                self._log.warning(
+                    "remote_delivery_incomplete",
+                    sink=remote.name,
+                    pending=remote.pending,
+                    note="left in the outbox; the next run sends them again",
+                )
+            await remote.stop()
 
     # ------------------------------------------------------------ per record
 
@@ -300,6 +328,10 @@ class RuleGroupPipeline:
         for transition, notification in zip(transitions, notifications):
             sent = await self._send(notification)
             self._unstored.append((transition, sent))
+            # NOTE: without a history id the row is marked delivered when the backlog is
+            # stored, whether or not the remote sinks have it by then.
+            for remote in self._remote:
+                remote.put(None, notification)
 
     async def _record(self, transitions: list[Transition]) -> list[int] | None:
         if self._in_backoff() or (self._unstored and not await self._store_backlog()):
@@ -339,16 +371,37 @@ class RuleGroupPipeline:
         """Send stored transitions in order, marking each delivered as soon as it is sent.
 
         Marking one by one keeps the repeats after a kill to the one transition that was sent
-        but not yet marked. The first failure stops the batch; the outbox keeps the rest.
+        but not yet marked. The first failure stops the batch; the outbox keeps the rest. With
+        remote sinks, the mark waits for them (see _remote_delivered).
         """
         for history_id, notification in pending:
             if not await self._send(notification):
                 return
-            try:
-                await self.store.mark_delivered(self.tenant, [history_id])
-            except StoreError as exc:
-                # It stays in the outbox and is sent again after a restart (at least once).
-                self._store_failed("mark_delivered", exc)
+            if self._remote:
+                self._remote_waiting[history_id] = len(self._remote)
+                for remote in self._remote:
+                    remote.put(history_id, notification)
+                continue
+            await self._mark_delivered(history_id)
+
+    async def _mark_delivered(self, history_id: int) -> None:
+        try:
+            await self.store.mark_delivered(self.tenant, [history_id])
+        except StoreError as exc:
+            # It stays in the outbox and is sent again after a restart (at least once).
+            self._store_failed("mark_delivered", exc)
+
+    async def _remote_delivered(self, history_id: int | None) -> None:
+        if history_id is None:
+            return
+        waiting = self._remote_waiting.get(history_id)
+        if waiting is None:
+            return
+        if waiting > 1:
+            self._remote_waiting[history_id] = waiting - 1
+            return
+        del self._remote_waiting[history_id]
+        await self._mark_delivered(history_id)
 
     async def _redeliver(self) -> None:
         try:
