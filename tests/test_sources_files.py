@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from alertwarden.sources.files import FINGERPRINT_BYTES, FileIdentity, FileInput, StdinInput
-from alertwarden.sources.lines import Line
+from alertwarden.sources.lines import Line, OversizedLine
 
 LOG = b"".join(b"Dec 10 06:55:%02d host app: message %d\n" % (n % 60, n) for n in range(200))
 
@@ -128,3 +128,72 @@ def test_stdin_reads_stream() -> None:
 def test_stdin_rejects_offset() -> None:
     with pytest.raises(ValueError, match="offset 5"):
         StdinInput(io.BytesIO(b"")).lines(5)
+
+
+def test_file_hold_growing_line(tmp_path: Path) -> None:
+    path = tmp_path / "grow.log"
+    path.write_bytes(b"first\nsecond ha")
+    with FileInput(path) as source:
+        identity = source.identity()
+        lines = list(source.lines(0, hold_partial_last_line=True))
+        held_bytes = source.held_back_bytes
+    assert lines == [Line(0, 6, 1, b"first")]
+    assert held_bytes == 9
+
+    with path.open("ab") as handle:
+        handle.write(b"lf\nthird\n")
+    with FileInput(path) as source:
+        start, warning = source.resume_offset(identity, lines[-1].end_offset)
+        resumed = list(source.lines(start, hold_partial_last_line=True))
+        held_bytes = source.held_back_bytes
+    assert warning is None
+    assert start == 6
+    assert resumed == [Line(6, 18, 2, b"second half"), Line(18, 24, 3, b"third")]
+    assert held_bytes == 0
+
+
+def test_file_without_hold_yields_partial(tmp_path: Path) -> None:
+    path = tmp_path / "done.log"
+    path.write_bytes(b"first\nlast")
+    with FileInput(path) as source:
+        lines = list(source.lines())
+        held_bytes = source.held_back_bytes
+    assert lines == [Line(0, 6, 1, b"first"), Line(6, 10, 2, b"last")]
+    assert held_bytes == 0
+
+
+def test_file_held_back_reset(tmp_path: Path) -> None:
+    path = tmp_path / "partial.log"
+    path.write_bytes(b"first\nlast")
+    with FileInput(path) as source:
+        list(source.lines(0, hold_partial_last_line=True))
+        assert source.held_back_bytes == 4
+        reader = source.lines(0)
+        assert source.held_back_bytes == 0
+        assert len(list(reader)) == 2
+        assert source.held_back_bytes == 0
+
+
+def test_file_hold_oversized_partial(tmp_path: Path) -> None:
+    path = tmp_path / "big.log"
+    path.write_bytes(b"ok\n" + b"z" * 30)
+    with FileInput(path, max_line_bytes=10) as source:
+        lines = list(source.lines(0, hold_partial_last_line=True))
+        held_bytes = source.held_back_bytes
+    assert lines == [Line(0, 3, 1, b"ok")]
+    assert held_bytes == 30
+
+    with path.open("ab") as handle:
+        handle.write(b"z" * 5 + b"\r\nafter\n")
+    with FileInput(path, max_line_bytes=10) as source:
+        resumed = list(source.lines(3, hold_partial_last_line=True))
+        held_bytes = source.held_back_bytes
+    assert resumed == [OversizedLine(3, 40, 2, 35, 10), Line(40, 46, 3, b"after")]
+    assert held_bytes == 0
+
+
+def test_stdin_ignores_hold() -> None:
+    source = StdinInput(io.BytesIO(b"a\nb"))
+    lines = list(source.lines(hold_partial_last_line=True))
+    assert lines == [Line(0, 2, 1, b"a"), Line(2, 3, 2, b"b")]
+    assert source.held_back_bytes == 0

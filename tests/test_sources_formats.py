@@ -6,7 +6,7 @@ import pytest
 
 from alertwarden.errors import ConfigError, EventError
 from alertwarden.events import Signal
-from alertwarden.sources.formats import make_parser
+from alertwarden.sources.formats import YearInferringParser, make_parser, seed_last_time
 from alertwarden.sources.regex import RegexParser
 
 BASE_S = 1702191346.0  # 2023-12-10T06:55:46Z
@@ -89,3 +89,29 @@ def test_regex_rejects(line: bytes, reason: str, fragments: list[str]) -> None:
     assert caught.value.reason == reason
     for fragment in fragments:
         assert fragment in str(caught.value)
+
+
+JANUARY_2024_S = 1704067205.0  # 2024-01-01T00:00:05Z
+
+
+@pytest.mark.parametrize("format", ["auto", "syslog"])
+def test_seed_reaches_syslog_parser(format: str) -> None:
+    parser = make_parser(format, year=2023)
+    seed_last_time(parser, JANUARY_2024_S)
+    event = parser.parse(b"Jan  1 00:00:06 host app: x")
+    assert event.fields["timestamp"] == "2024-01-01T00:00:06Z"
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        ({"format": "json"}, b'{"time": "2023-12-10T06:55:46Z"}'),
+        ({"format": "ocsf"}, b'{"class_uid": 1, "time": 1702191346000}'),
+        ({"format": "regex", "pattern": r"(?P<timestamp>\S+) (?P<msg>.*)"}, b"2023-12-10T06:55:46Z hi"),
+    ],
+)
+def test_seed_ignored_without_year_inference(options: dict, line: bytes) -> None:
+    parser = make_parser(**options)
+    seed_last_time(parser, JANUARY_2024_S)
+    assert not isinstance(parser, YearInferringParser)
+    assert parser.parse(line).time_s == BASE_S

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Generator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -131,3 +132,91 @@ def test_reader_random_splits(
             assert item.data == content
         offset = item.end_offset
     assert offset == len(data)
+
+
+def read_with_result(reader: Generator[Line | OversizedLine, None, int]) -> tuple[list, int]:
+    """Collect the items of a read_lines generator and its return value."""
+    items = []
+    while True:
+        try:
+            items.append(next(reader))
+        except StopIteration as stop:
+            return items, stop.value
+
+
+def test_hold_partial_last_line_on() -> None:
+    lines, held_bytes = read_with_result(
+        read_lines(io.BytesIO(b"one\ntwo"), hold_partial_last_line=True)
+    )
+    assert lines == [Line(0, 4, 1, b"one")]
+    assert held_bytes == 3
+
+
+def test_hold_partial_last_line_off() -> None:
+    lines, held_bytes = read_with_result(read_lines(io.BytesIO(b"one\ntwo")))
+    assert lines == [Line(0, 4, 1, b"one"), Line(4, 7, 2, b"two")]
+    assert held_bytes == 0
+
+
+def test_hold_terminated_last_line() -> None:
+    lines, held_bytes = read_with_result(
+        read_lines(io.BytesIO(b"one\ntwo\r\n"), hold_partial_last_line=True)
+    )
+    assert lines == [Line(0, 4, 1, b"one"), Line(4, 9, 2, b"two")]
+    assert held_bytes == 0
+
+
+def test_hold_partial_ending_in_cr() -> None:
+    lines, held_bytes = read_with_result(
+        read_lines(io.BytesIO(b"one\ntwo\r"), hold_partial_last_line=True)
+    )
+    assert lines == [Line(0, 4, 1, b"one")]
+    assert held_bytes == 4
+
+
+def test_hold_oversized_partial_discarding() -> None:
+    data = b"ok\n" + b"z" * 30
+    lines, held_bytes = read_with_result(
+        read_lines(io.BytesIO(data), max_line_bytes=10, chunk_bytes=8, hold_partial_last_line=True)
+    )
+    assert lines == [Line(0, 3, 1, b"ok")]
+    assert held_bytes == 30
+
+
+def test_hold_oversized_partial_pending() -> None:
+    # 11 bytes stay pending (the reader allows one more byte for a `\r`), not discarded.
+    data = b"ok\n" + b"z" * 11
+    lines, held_bytes = read_with_result(
+        read_lines(io.BytesIO(data), max_line_bytes=10, hold_partial_last_line=True)
+    )
+    assert lines == [Line(0, 3, 1, b"ok")]
+    assert held_bytes == 11
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(line_strategy, max_size=30),
+    st.booleans(),
+    st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=10),
+    st.integers(min_value=1, max_value=64),
+)
+def test_hold_random_splits(
+    lines: list[bytes], trailing_newline: bool, sizes: list[int], chunk_bytes: int
+) -> None:
+    data = b"\n".join(lines) + (b"\n" if trailing_newline and lines else b"")
+    complete = list(read_lines(io.BytesIO(data), max_line_bytes=30))
+    held, held_bytes = read_with_result(
+        read_lines(
+            ChunkedStream(data, sizes),
+            max_line_bytes=30,
+            chunk_bytes=chunk_bytes,
+            hold_partial_last_line=True,
+        )
+    )
+
+    unterminated = bool(data) and not data.endswith(b"\n")
+    expected = complete[:-1] if unterminated else complete
+    assert held == expected
+    end_offset = held[-1].end_offset if held else 0
+    assert end_offset + held_bytes == len(data)
+    assert (held_bytes > 0) == unterminated

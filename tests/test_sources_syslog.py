@@ -146,3 +146,141 @@ def test_openssh_example_parses() -> None:
             count += 1
     assert count == 2000
     assert event.fields["timestamp"] == "2023-12-10T11:04:45Z"
+
+
+NOW_S = 1796385600.0  # 2026-12-04T12:00:00Z
+
+
+def new_year_lines() -> list[bytes]:
+    """One line a minute from Dec 31 23:50 to Jan 1 00:29, local time."""
+    stamps = [f"Dec 31 23:{minute:02d}:00" for minute in range(50, 60)]
+    stamps += [f"Jan  1 00:{minute:02d}:00" for minute in range(30)]
+    return [f"{stamp} host app: tick {index}".encode() for index, stamp in enumerate(stamps)]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "America/New_York"])
+def test_seed_restart_matches_uninterrupted(zone: str) -> None:
+    tz = load_timezone(zone)
+    lines = new_year_lines()
+    uninterrupted = SyslogParser(year=2023, tz=tz)
+    expected = [uninterrupted.parse(line).time_s for line in lines]
+
+    for split in range(1, len(lines)):
+        first = SyslogParser(year=2023, tz=tz)
+        before = [first.parse(line).time_s for line in lines[:split]]
+        resumed = SyslogParser(year=2023, tz=tz)
+        resumed.seed_last_time(max(before))
+        after = [resumed.parse(line).time_s for line in lines[split:]]
+        assert before + after == expected, f"split before line {split}"
+
+
+def test_restart_without_seed_loses_year() -> None:
+    lines = new_year_lines()
+    resumed = SyslogParser(year=2023)
+    event = resumed.parse(lines[15])
+    assert event.fields["timestamp"] == "2023-01-01T00:05:00Z"
+
+
+def test_seed_sets_year_and_month() -> None:
+    parser = SyslogParser(year=2020, tz=load_timezone("Europe/Berlin"))
+    parser.seed_last_time(1704065400.0)  # 2023-12-31T23:30:00Z, 00:30 on Jan 1 in Berlin
+    assert parser.year == 2024
+    event = parser.parse(b"Jan  1 00:31:00 host app: x")
+    assert event.fields["timestamp"] == "2023-12-31T23:31:00Z"
+
+
+@pytest.mark.parametrize("time_s", [float("nan"), float("inf")])
+def test_seed_rejects_non_finite(time_s: float) -> None:
+    with pytest.raises(ValueError, match="invalid seed time"):
+        SyslogParser(year=2023).seed_last_time(time_s)
+
+
+def test_late_december_line_after_rollover() -> None:
+    parser = SyslogParser(year=2023)
+    stamps = [
+        parser.parse(line).fields["timestamp"]
+        for line in (
+            b"Dec 31 23:59:58 host app: a",
+            b"Jan  1 00:00:01 host app: b",
+            b"Dec 31 23:59:59 host app: late",
+            b"Jan  1 00:00:02 host app: c",
+            b"Jan  1 00:00:03 host app: d",
+        )
+    ]
+    assert stamps == [
+        "2023-12-31T23:59:58Z",
+        "2024-01-01T00:00:01Z",
+        "2023-12-31T23:59:59Z",
+        "2024-01-01T00:00:02Z",
+        "2024-01-01T00:00:03Z",
+    ]
+    assert parser.year == 2024
+
+
+def test_late_line_after_seed() -> None:
+    parser = SyslogParser(year=2020)
+    parser.seed_last_time(1704067205.0)  # 2024-01-01T00:00:05Z
+    late = parser.parse(b"Dec 31 23:59:59 host app: late")
+    january = parser.parse(b"Jan  1 00:00:06 host app: x")
+    assert late.fields["timestamp"] == "2023-12-31T23:59:59Z"
+    assert january.fields["timestamp"] == "2024-01-01T00:00:06Z"
+
+
+def test_six_months_forward_same_year() -> None:
+    parser = SyslogParser(year=2023)
+    parser.parse(b"Jan 10 00:00:00 host app: a")
+    event = parser.parse(b"Jul 10 00:00:00 host app: b")
+    assert event.fields["timestamp"] == "2023-07-10T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("line", "timestamp"),
+    [
+        (b"Dec 10 06:55:46 host app: x", "2025-12-10T06:55:46Z"),
+        (b"Dec  5 11:59:59 host app: x", "2026-12-05T11:59:59Z"),
+        (b"Dec  5 12:00:01 host app: x", "2025-12-05T12:00:01Z"),
+        (b"Nov 30 00:00:00 host app: x", "2026-11-30T00:00:00Z"),
+        (b"Jan  3 00:00:00 host app: x", "2026-01-03T00:00:00Z"),
+    ],
+)
+def test_default_year_not_in_future(line: bytes, timestamp: str) -> None:
+    event = SyslogParser(now_s=lambda: NOW_S).parse(line)
+    assert event.fields["timestamp"] == timestamp
+
+
+def test_default_year_then_rollover() -> None:
+    parser = SyslogParser(now_s=lambda: NOW_S)
+    december = parser.parse(b"Dec 10 06:55:46 host app: x")
+    january = parser.parse(b"Jan  2 00:00:00 host app: y")
+    assert december.fields["timestamp"] == "2025-12-10T06:55:46Z"
+    assert january.fields["timestamp"] == "2026-01-02T00:00:00Z"
+    assert parser.year == 2026
+
+
+def test_default_year_in_timezone() -> None:
+    # 2026-12-31T23:30:00Z is already 2027 in Berlin.
+    parser = SyslogParser(tz=load_timezone("Europe/Berlin"), now_s=lambda: 1798759800.0)
+    event = parser.parse(b"Jan  1 00:20:00 host app: x")
+    assert event.fields["timestamp"] == "2026-12-31T23:20:00Z"
+
+
+def test_explicit_year_may_be_future() -> None:
+    event = SyslogParser(year=2026, now_s=lambda: NOW_S).parse(b"Dec 10 06:55:46 host app: x")
+    assert event.fields["timestamp"] == "2026-12-10T06:55:46Z"
+
+
+def test_default_year_guess_after_bad_line() -> None:
+    parser = SyslogParser(now_s=lambda: NOW_S)
+    with pytest.raises(EventError):
+        parser.parse(b"Feb 30 00:00:00 host app: x")
+    event = parser.parse(b"Dec 10 06:55:46 host app: y")
+    assert event.fields["timestamp"] == "2025-12-10T06:55:46Z"
+
+
+def test_openssh_example_default_year() -> None:
+    parser = SyslogParser(now_s=lambda: NOW_S)
+    with FileInput(EXAMPLE) as source:
+        events = [parser.parse(line.data) for line in source.lines() if isinstance(line, Line)]
+    assert len(events) == 2000
+    assert events[0].fields["timestamp"] == "2025-12-10T06:55:46Z"
+    assert events[-1].fields["timestamp"] == "2025-12-10T11:04:45Z"

@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -28,6 +28,8 @@ class LineInput(Protocol):
     """A source of lines that a checkpoint may resume."""
 
     name: str
+    held_back_bytes: int
+    """Bytes of an unterminated last line that the latest `lines()` did not yield, or 0."""
 
     def identity(self) -> str | None: ...
 
@@ -35,7 +37,9 @@ class LineInput(Protocol):
         self, stored_identity: str | None, stored_offset: int
     ) -> tuple[int, str | None]: ...
 
-    def lines(self, start_offset: int = 0) -> Iterator[Line | OversizedLine]: ...
+    def lines(
+        self, start_offset: int = 0, *, hold_partial_last_line: bool = False
+    ) -> Iterator[Line | OversizedLine]: ...
 
     def close(self) -> None: ...
 
@@ -76,6 +80,7 @@ class FileInput:
         self.path = Path(path)
         self.name = str(path)
         self.max_line_bytes = max_line_bytes
+        self.held_back_bytes = 0
         self._file: BinaryIO | None = None
 
     def __enter__(self) -> FileInput:
@@ -143,8 +148,30 @@ class FileInput:
             )
         return stored_offset, None
 
-    def lines(self, start_offset: int = 0) -> Iterator[Line | OversizedLine]:
-        return read_lines(self._open(), start_offset, max_line_bytes=self.max_line_bytes)
+    def lines(
+        self, start_offset: int = 0, *, hold_partial_last_line: bool = False
+    ) -> Iterator[Line | OversizedLine]:
+        """Yield the lines from `start_offset`; see `read_lines` for `hold_partial_last_line`.
+
+        `held_back_bytes` is 0 while the lines are read and is set once they are exhausted.
+        """
+        self.held_back_bytes = 0
+        file = self._open()
+        # read_lines seeks only for a start offset above 0, and an earlier read of this open
+        # file may have moved the position.
+        file.seek(0)
+        reader = read_lines(
+            file,
+            start_offset,
+            max_line_bytes=self.max_line_bytes,
+            hold_partial_last_line=hold_partial_last_line,
+        )
+        return self._record_held_back(reader)
+
+    def _record_held_back(
+        self, reader: Generator[Line | OversizedLine, None, int]
+    ) -> Generator[Line | OversizedLine, None, None]:
+        self.held_back_bytes = yield from reader
 
 
 class StdinInput:
@@ -153,6 +180,7 @@ class StdinInput:
     def __init__(self, stream: BinaryIO | None = None, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self.name = "<stdin>"
         self.max_line_bytes = max_line_bytes
+        self.held_back_bytes = 0
         self._stream = stream
 
     def identity(self) -> None:
@@ -161,7 +189,15 @@ class StdinInput:
     def resume_offset(self, stored_identity: str | None, stored_offset: int) -> tuple[int, None]:
         return 0, None
 
-    def lines(self, start_offset: int = 0) -> Iterator[Line | OversizedLine]:
+    def lines(
+        self, start_offset: int = 0, *, hold_partial_last_line: bool = False
+    ) -> Iterator[Line | OversizedLine]:
+        """Yield the lines of standard input.
+
+        `hold_partial_last_line` is ignored, so `held_back_bytes` stays 0: standard input ends
+        only when the writer closes it, so an unterminated last line is complete, and no later
+        read could resume inside it.
+        """
         if start_offset != 0:
             raise ValueError(f"standard input cannot start at offset {start_offset}: use 0")
         stream = self._stream if self._stream is not None else sys.stdin.buffer

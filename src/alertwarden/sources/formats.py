@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import tzinfo
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from alertwarden.errors import ConfigError
 from alertwarden.events import Event
@@ -26,6 +26,25 @@ class Parser(Protocol):
     def parse(self, line: bytes) -> Event: ...
 
 
+@runtime_checkable
+class YearInferringParser(Protocol):
+    """A parser that infers missing years from the lines before, as for RFC 3164 syslog."""
+
+    def parse(self, line: bytes) -> Event: ...
+
+    def seed_last_time(self, time_s: float) -> None: ...
+
+
+def seed_last_time(parser: Parser, time_s: float) -> None:
+    """Seed `parser`'s year inference with the latest event time of an earlier run.
+
+    `time_s` is in UTC seconds. Call it before the first line of a resumed read. Parsers that
+    infer no year (JSON, OTel, OCSF, regex) ignore it.
+    """
+    if isinstance(parser, YearInferringParser):
+        parser.seed_last_time(time_s)
+
+
 class AutoParser:
     """Parse a line as JSON when it starts with `{` or `[` after whitespace, else as syslog."""
 
@@ -40,6 +59,10 @@ class AutoParser:
         if first and first[0] in _JSON_STARTS:
             return self.json_parser.parse(line)
         return self.syslog_parser.parse(line)
+
+    def seed_last_time(self, time_s: float) -> None:
+        """Seed the syslog parser's year inference; see `SyslogParser.seed_last_time`."""
+        self.syslog_parser.seed_last_time(time_s)
 
 
 def make_parser(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import BinaryIO, NamedTuple
 
 from alertwarden.errors import EventError
@@ -67,12 +67,19 @@ def read_lines(
     *,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-) -> Iterator[Line | OversizedLine]:
+    hold_partial_last_line: bool = False,
+) -> Generator[Line | OversizedLine, None, int]:
     """Yield the lines of `stream` from `start_offset`, which must be the start of a line.
 
     A start offset above 0 needs a seekable stream: the prefix is read once to count its
-    newlines, so line numbers stay the same as in a read from the start. A last line without
-    a terminator is still yielded.
+    newlines, so line numbers stay the same as in a read from the start.
+
+    A last line without a `\\n` terminator is yielded by default, because a finished file may
+    lack the final newline. With `hold_partial_last_line`, it is not yielded, oversized or not,
+    because a writer may still be appending to it: the last yielded `end_offset` then stays at
+    its start, so a later read from there gets the whole line. The generator's return value
+    (`StopIteration.value`, or the result of `yield from`) is the number of bytes held back,
+    0 when none were.
     """
     line_number = 1
     if start_offset > 0:
@@ -133,6 +140,8 @@ def read_lines(
             discarded_last = pending[-1:]
             pending = b""
 
+    if hold_partial_last_line:
+        return discarded_bytes if discarding else len(pending)
     if discarding:
         end = offset + discarded_bytes
         if discarded_last == b"\r":
@@ -140,11 +149,10 @@ def read_lines(
         yield OversizedLine(offset, end, line_number, discarded_bytes, max_line_bytes)
     elif pending:
         end = offset + len(pending)
-        # NOTE: a final line without a terminator may still be growing when a writer appends
-        # to the file. A resume from its end_offset would then start inside that line.
         if pending[-1:] == b"\r":
             pending = pending[:-1]
         if len(pending) > max_line_bytes:
             yield OversizedLine(offset, end, line_number, len(pending), max_line_bytes)
         else:
             yield Line(offset, end, line_number, pending)
+    return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -20,6 +22,8 @@ MONTHS = {
 }
 MAX_PRI = 191  # facility 23 * 8 + severity 7
 ROLLOVER_MONTHS = 6
+MAX_FUTURE_S = 86_400.0
+"""How far past the wall clock a line may be before a guessed year moves back by one (1 day)."""
 
 _PRI = re.compile(r"<(\d{1,3})>")
 # One pattern for the whole RFC 3164 line, so the hot path runs a single match. The tag is
@@ -41,18 +45,49 @@ _BOM = "\ufeff"
 class SyslogParser:
     """Parse RFC 3164 and RFC 5424 lines into LOGS events with source_id = host.
 
-    RFC 3164 times have no year and no offset. The year starts at `year` (default: the current
-    UTC year). It grows by one when a line's month is more than six months before the previous
-    line's month, as at a December-to-January rollover. Times without an offset are in `tz`.
+    RFC 3164 times have no year and no offset, so the parser infers the year:
+    - It starts at `year`. Without it, the first RFC 3164 line takes the current year in `tz`,
+      or the year before when that would put the line more than a day after `now_s()`,
+      because logs are not written in the future.
+    - It grows by one when a line's month is more than six months before the previous line's
+      month, as at a December-to-January rollover.
+    - A line whose month is more than six months after the previous line's month is a late
+      line from before a rollover (Dec 31 after Jan 1). It takes the year before, and the
+      year and previous month stay as they were, so the lines after it keep the current year.
+    - `seed_last_time` restores this state from an earlier run.
+    Times without an offset are in `tz`.
     """
 
-    def __init__(self, *, year: int | None = None, tz: tzinfo = UTC) -> None:
+    def __init__(
+        self,
+        *,
+        year: int | None = None,
+        tz: tzinfo = UTC,
+        now_s: Callable[[], float] = time.time,
+    ) -> None:
         self.tz = tz
-        self.year = year if year is not None else datetime.now(UTC).year
+        self._now_s = now_s
+        # True while the year is a guess from the wall clock that the first line may correct.
+        self._year_guessed = year is None
+        self.year = year if year is not None else datetime.fromtimestamp(now_s(), tz).year
         self._last_month: int | None = None
         # The time of the previous RFC 3164 line; consecutive lines often share it.
         self._cached_key: tuple[int, int, str, str, str | None] | None = None
         self._cached_time: tuple[float, str] = (0.0, "")
+
+    def seed_last_time(self, time_s: float) -> None:
+        """Continue the year inference of an earlier run whose latest event was at `time_s`.
+
+        `time_s` is in UTC seconds, e.g. the evaluator clock stored in a checkpoint. Its year
+        and month in `tz` replace the year from `year` or the wall clock and the month of the
+        previous line, so January lines after a restart past New Year get the new year.
+        """
+        if not math.isfinite(time_s):
+            raise ValueError(f"invalid seed time {time_s!r}: use finite UTC seconds")
+        moment = datetime.fromtimestamp(time_s, self.tz)
+        self.year = moment.year
+        self._last_month = moment.month
+        self._year_guessed = False
 
     def parse(self, line: bytes) -> Event:
         text = decode_utf8(line)
@@ -97,20 +132,37 @@ class SyslogParser:
     def _time_3164(
         self, month_name: str, month: int, day: str, clock: str, fraction: str | None
     ) -> tuple[float, str]:
-        if self._last_month is not None and month < self._last_month - ROLLOVER_MONTHS:
-            self.year += 1
-        self._last_month = month
+        year = self.year
+        last_month = self._last_month
+        if last_month is not None and month > last_month + ROLLOVER_MONTHS:
+            year -= 1
+        else:
+            if last_month is not None and month < last_month - ROLLOVER_MONTHS:
+                self.year += 1
+                year = self.year
+            self._last_month = month
 
-        key = (self.year, month, day, clock, fraction)
+        result = self._time_in_year(year, month_name, month, day, clock, fraction)
+        if self._year_guessed:
+            if result[0] > self._now_s() + MAX_FUTURE_S:
+                self.year -= 1
+                result = self._time_in_year(self.year, month_name, month, day, clock, fraction)
+            self._year_guessed = False
+        return result
+
+    def _time_in_year(
+        self, year: int, month_name: str, month: int, day: str, clock: str, fraction: str | None
+    ) -> tuple[float, str]:
+        key = (year, month, day, clock, fraction)
         if self._cached_key == key:
             return self._cached_time
 
         stamp = f"{month_name} {day} {clock}{fraction or ''}"
         hour, minute, second = int(clock[0:2]), int(clock[3:5]), int(clock[6:8])
         try:
-            moment = datetime(self.year, month, int(day), hour, minute, second, tzinfo=self.tz)
+            moment = datetime(year, month, int(day), hour, minute, second, tzinfo=self.tz)
         except ValueError as exc:
-            raise bad_timestamp("timestamp", f"{stamp} (year {self.year})", str(exc)) from None
+            raise bad_timestamp("timestamp", f"{stamp} (year {year})", str(exc)) from None
         time_s = moment.timestamp()
         if fraction:
             time_s += float(fraction)
