@@ -16,7 +16,7 @@ from alertwarden.errors import EventError
 from alertwarden.logs import get_logger
 from alertwarden.pipeline import RuleGroupPipeline
 from alertwarden.sources.files import LineInput
-from alertwarden.sources.formats import Parser
+from alertwarden.sources.formats import Parser, seed_last_time
 from alertwarden.sources.lines import Line, OversizedLine
 
 log = get_logger(__name__)
@@ -63,6 +63,7 @@ class InputRunner:
         progress: ProgressReporter | None = None,
         total_bytes: int | None = None,
         report_interval_s: float = 60.0,
+        hold_partial_last_line: bool = False,
     ) -> None:
         self.pipelines = list(pipelines)
         self.line_input = line_input
@@ -71,6 +72,9 @@ class InputRunner:
         self.progress = progress or ProgressReporter()
         self.total_bytes = total_bytes
         self.report_interval_s = report_interval_s
+        # `run` leaves an unterminated last line for the next run, since a writer may still be
+        # appending to it; `backtest` reads a file as complete.
+        self.hold_partial_last_line = hold_partial_last_line
         self.summary = RunSummary()
         self._stop = asyncio.Event()
         # (reason) -> reporting bucket of the last warning, and skips since it.
@@ -95,6 +99,7 @@ class InputRunner:
             await pipeline.start(self.line_input.resume_offset, replayable=replayable)
         start_offset = min((p.resume_offset for p in self.pipelines), default=0)
         self.summary.end_offset = start_offset
+        self._seed_parser(start_offset)
 
         self._install_signal_handlers()
         self.progress.start(self.total_bytes, start_offset)
@@ -110,6 +115,22 @@ class InputRunner:
             await asyncio.shield(self._finish())
         return self.summary
 
+    def _seed_parser(self, start_offset: int) -> None:
+        """Give year-less syslog parsing the clock of the checkpoint it resumes from.
+
+        Only on a real resume: a discarded checkpoint restores a clock too, but the input is
+        then read from its start.
+        """
+        if start_offset <= 0:
+            return
+        clocks = [
+            p.evaluator.now
+            for p in self.pipelines
+            if p.resume_offset == start_offset and p.evaluator.now is not None
+        ]
+        if clocks:
+            seed_last_time(self.parser, min(clocks))
+
     async def _finish(self) -> None:
         for pipeline in self.pipelines:
             await pipeline.finish(max(self.summary.end_offset, pipeline.resume_offset))
@@ -119,7 +140,10 @@ class InputRunner:
     async def _run_replay(self, start_offset: int) -> None:
         """Read a file (or stdin with the event clock) as fast as it parses."""
         wall = self.clock is ClockMode.WALL
-        for count, line in enumerate(self.line_input.lines(start_offset), 1):
+        lines = self.line_input.lines(
+            start_offset, hold_partial_last_line=self.hold_partial_last_line
+        )
+        for count, line in enumerate(lines, 1):
             arrival_s = time.time() if wall else None
             await self._handle(line, arrival_s)
             if self._stop.is_set():
@@ -128,6 +152,14 @@ class InputRunner:
             if count % 4096 == 0:
                 self.progress.update(self.summary.end_offset)
         self.progress.update(self.summary.end_offset)
+        held_back = self.line_input.held_back_bytes
+        if held_back:
+            log.info(
+                "partial_last_line_held",
+                offset=self.summary.end_offset,
+                held_back_bytes=held_back,
+                note="the line has no newline yet; the next run reads it",
+            )
 
     async def _run_live(self, start_offset: int) -> None:
         """Read stdin in a thread and tick the wall clock at every flush boundary."""
