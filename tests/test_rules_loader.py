@@ -15,6 +15,7 @@ from alertwarden.rules import (
     compile_rule,
     explain_rules,
     load_rules_file,
+    load_rules_files,
     load_rules_text,
 )
 
@@ -231,7 +232,9 @@ def test_file_size_cap(tmp_path: Path) -> None:
     path.write_bytes(b"#" * (MAX_RULE_FILE_BYTES + 1))
     with pytest.raises(RuleFileError) as caught:
         load_rules_file(path)
-    assert caught.value.problems == ("file is larger than 10 MiB; split the rules into several files",)
+    assert caught.value.problems == (
+        "file is larger than 10 MiB; split the rules into several files and give each one with --rules",
+    )
 
 
 def test_file_not_utf8(tmp_path: Path) -> None:
@@ -333,3 +336,94 @@ def test_docs_ssh_example_current() -> None:
     rule_yaml = doc.split("## Example: SSH brute force", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     printed = doc.split("`alertwarden rules check` prints:\n\n```\n", 1)[1].split("```", 1)[0]
     assert explain_rules(load_rules_text(rule_yaml)) == printed.rstrip("\n")
+
+
+# ------------------------------------------------------------ value previews
+
+ALIAS_BOMB = """
+- id: bomb
+  a0: &a0 [x, x, x, x, x, x, x, x, x]
+  a1: &a1 [*a0, *a0, *a0, *a0, *a0, *a0, *a0, *a0, *a0]
+  a2: &a2 [*a1, *a1, *a1, *a1, *a1, *a1, *a1, *a1, *a1]
+  a3: &a3 [*a2, *a2, *a2, *a2, *a2, *a2, *a2, *a2, *a2]
+  a4: &a4 [*a3, *a3, *a3, *a3, *a3, *a3, *a3, *a3, *a3]
+  a5: &a5 [*a4, *a4, *a4, *a4, *a4, *a4, *a4, *a4, *a4]
+  a6: &a6 [*a5, *a5, *a5, *a5, *a5, *a5, *a5, *a5, *a5]
+  a7: &a7 [*a6, *a6, *a6, *a6, *a6, *a6, *a6, *a6, *a6]
+  a8: &a8 [*a7, *a7, *a7, *a7, *a7, *a7, *a7, *a7, *a7]
+  a9: &a9 [*a8, *a8, *a8, *a8, *a8, *a8, *a8, *a8, *a8]
+  match: {field: body, equals: *a9}
+"""
+
+
+def test_alias_bomb_previews_cut() -> None:
+    # a9 expands to 9**10 strings; previewing it in full would need many gigabytes.
+    error = rejected(ALIAS_BOMB)
+    unknown = [problem for problem in error.problems if "unknown field" in problem]
+    assert len(unknown) == 10
+    # The preview is the first 77 characters of the JSON text followed by "...".
+    expected_value = "[" * 10 + ", ".join(['"x"'] * 9) + '], ["x", "x", "x", "x", ...'
+    assert len(expected_value) == 80
+    assert unknown[-1].startswith(f"rule 'bomb' field 'a9': unknown field (value {expected_value});")
+    match_problem = next(problem for problem in error.problems if "match.equals" in problem)
+    assert "got [[[[[[[[[[" in match_problem
+    assert "..." in match_problem
+
+
+# ------------------------------------------------------------ several files
+
+
+def write_rules(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_files_loaded_in_order(tmp_path: Path) -> None:
+    first = write_rules(tmp_path, "first.yaml", "- id: a\n- id: b\n")
+    second = write_rules(tmp_path, "second.yaml", "rules:\n  - id: c\n")
+    rules = load_rules_files([first, second])
+    assert [rule.id for rule in rules] == ["a", "b", "c"]
+
+
+def test_files_duplicate_id_names_both(tmp_path: Path) -> None:
+    first = write_rules(tmp_path, "first.yaml", "- id: a\n- id: b\n")
+    second = write_rules(tmp_path, "second.yaml", "- id: c\n- id: a\n")
+    with pytest.raises(RuleFileError) as caught:
+        load_rules_files([first, second])
+    assert caught.value.source == str(second)
+    assert caught.value.problems == (
+        f"rule 'a' field 'id': duplicate id 'a', already used in {first}; "
+        "give each rule a unique id across all rule files",
+    )
+
+
+def test_files_bad_file_loads_nothing(tmp_path: Path) -> None:
+    good = write_rules(tmp_path, "good.yaml", "- id: a\n")
+    bad = write_rules(tmp_path, "bad.yaml", "- id: b\n  threshold: 0\n")
+    with pytest.raises(RuleFileError) as caught:
+        load_rules_files([good, bad])
+    assert caught.value.source == str(bad)
+    assert "threshold 0" in caught.value.problems[0]
+
+
+def test_files_every_error_reported(tmp_path: Path) -> None:
+    bad_one = write_rules(tmp_path, "one.yaml", "- id: a\n  threshold: 0\n")
+    bad_two = write_rules(tmp_path, "two.yaml", "- id: b\n  window: 10x\n")
+    with pytest.raises(RuleError) as caught:
+        load_rules_files([bad_one, bad_two])
+    assert not isinstance(caught.value, RuleFileError)
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{bad_one}: rejected, no rule loaded: 1 error"
+    assert lines[2] == f"{bad_two}: rejected, no rule loaded: 1 error"
+    assert len(lines) == 4
+
+
+def test_files_same_file_twice(tmp_path: Path) -> None:
+    path = write_rules(tmp_path, "rules.yaml", "- id: a\n")
+    (tmp_path / "sub").mkdir()
+    other_spelling = tmp_path / "sub" / ".." / "rules.yaml"
+    with pytest.raises(RuleFileError) as caught:
+        load_rules_files([path, other_spelling])
+    assert caught.value.source == str(other_spelling)
+    assert caught.value.problems == (f"file is given twice (also as {path}); give each file once",)

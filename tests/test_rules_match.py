@@ -1,10 +1,13 @@
 """The compiled match filter: operators, combinators and captures."""
 
+import json
 from typing import Any
 
 import pytest
 
+from alertwarden.rules import load_rules_text
 from alertwarden.rules.match import NO_CAPTURES, REGEX_INPUT_MAX_CHARS, FilterError, compile_filter
+from alertwarden.rules.preview import preview
 
 EVENT: dict[str, Any] = {
     "body": "Failed password for invalid user Admin from 10.0.0.7 port 22",
@@ -388,3 +391,72 @@ def test_matcher_agrees_with_predicate(tree: dict[str, Any], fields: dict[str, A
     compiled = compile_filter(tree)
     expected = compile_filter({"any": [tree]}).matcher(fields) is not None
     assert (compiled.matcher(fields) is not None) is expected
+
+
+# ------------------------------------------------------------ regex time limit
+
+# The `regex` package finds that `(a+)+$` cannot match in linear time, but `(a|aa)+$` still
+# backtracks exponentially: on 40 "a" and a "!" it runs far beyond REGEX_TIMEOUT_S.
+CATASTROPHIC = "a" * 40 + "!"
+
+
+def test_regex_nested_plus_no_match() -> None:
+    compiled = compile_filter({"field": "body", "regex": "(a+)+$"})
+    assert compiled.matcher({"body": "a" * 30 + "!"}) is None
+    assert compiled.regex_timeouts.count == 0
+
+
+def test_regex_timeout_counts_no_match() -> None:
+    compiled = compile_filter({"field": "body", "regex": "(a|aa)+$"})
+    assert compiled.matcher({"body": CATASTROPHIC}) is None
+    assert compiled.regex_timeouts.count == 1
+    assert compiled.matcher({"body": "aaaa"}) is NO_CAPTURES
+    assert compiled.regex_timeouts.count == 1
+
+
+def test_regex_timeout_with_captures() -> None:
+    tree = {"any": [{"field": "body", "regex": "(?P<run>(a|aa)+)$"}, {"field": "body", "regex": "(?P<bang>!)"}]}
+    compiled = compile_filter(tree)
+    # The first branch times out, so it does not match and the second one supplies the captures.
+    assert compiled.matcher({"body": CATASTROPHIC}) == {"bang": "!"}
+    assert compiled.regex_timeouts.count == 1
+
+
+def test_regex_timeouts_on_compiled_rule() -> None:
+    rule = load_rules_text("- id: r\n  match: {field: body, regex: '(a|aa)+$'}\n")[0]
+    assert rule.match({"body": CATASTROPHIC}) is None
+    assert rule.match({"body": ["x", CATASTROPHIC]}) is None
+    assert rule.regex_timeouts == 2
+
+
+def test_regex_rejects_non_re_syntax() -> None:
+    with pytest.raises(FilterError) as caught:
+        compile_filter({"field": "body", "regex": r"\p{L}"})
+    assert caught.value.message == 'invalid regex "\\\\p{L}": bad escape \\p at position 0'
+
+
+# ------------------------------------------------------------ value previews
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, 1.5, 42, "text", ["a", 1, None], {"k": [1, {"n": False}]}, {1: "int key"}, [], {}],
+)
+def test_preview_short_equals_json(value: Any) -> None:
+    assert preview(value) == json.dumps(value, ensure_ascii=False)
+
+
+def test_preview_long_string_cut() -> None:
+    text = preview("é" * 1_000_000)
+    assert text == '"' + "é" * 76 + "..."
+
+
+def test_preview_deep_nesting_cut() -> None:
+    nested: list[Any] = []
+    for _ in range(10_000):
+        nested = [nested]
+    assert preview(nested) == "[" * 77 + "..."
+
+
+def test_preview_huge_integer() -> None:
+    assert preview(10**5000) == f'"<integer of {(10**5000).bit_length()} bits>"'

@@ -7,19 +7,22 @@ from alertwarden.rules.loader import (
     MAX_RULE_FILE_BYTES,
     RuleFileError,
     load_rules_file,
+    load_rules_files,
     load_rules_text,
     validate_rule_entries,
 )
-from alertwarden.rules.match import NO_CAPTURES, Captures, IndexHint, Matcher
+from alertwarden.rules.match import NO_CAPTURES, REGEX_TIMEOUT_S, Captures, IndexHint, Matcher, RegexTimeoutCounter
 from alertwarden.rules.model import MissingKeyPolicy, RuleDefinition, RuleFieldErrors
 
 __all__ = [
     "MAX_RULE_FILE_BYTES",
     "NO_CAPTURES",
+    "REGEX_TIMEOUT_S",
     "Captures",
     "CompiledRule",
     "IndexHint",
     "Matcher",
+    "RegexTimeoutCounter",
     "MissingKeyPolicy",
     "RuleDefinition",
     "RuleFieldErrors",
@@ -30,6 +33,7 @@ __all__ = [
     "explain_rules",
     "format_duration",
     "load_rules_file",
+    "load_rules_files",
     "load_rules_text",
     "parse_duration",
     "validate_rule_entries",

@@ -21,7 +21,8 @@ class CompiledRule:
     `matcher` directly to save one call. `index_hint`, when set, names one field and the string
     values the field must have for the rule to match, so a caller can skip the rule for other
     string values; see IndexHint for the exact contract. `definition` is the validated model,
-    kept for the API and for `alertwarden rules check`.
+    kept for the API and for `alertwarden rules check`. `regex_timeouts` counts the regex
+    searches that timed out, which the matcher treats as no match.
     """
 
     id: str
@@ -52,6 +53,15 @@ class CompiledRule:
     @property
     def bucket_count(self) -> int:
         return self.window_s // self.bucket_s
+
+    @property
+    def regex_timeouts(self) -> int:
+        """Regex searches of this rule's filter that exceeded REGEX_TIMEOUT_S since it was compiled.
+
+        Each one made its condition not match. The count is shared by every CompiledRule built
+        from the same RuleDefinition.
+        """
+        return self.definition.compiled_filter.regex_timeouts.count
 
     def match(self, fields: dict[str, Any]) -> Captures | None:
         """Return None when the event fields do not match, else the regex captures.

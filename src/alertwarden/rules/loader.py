@@ -6,7 +6,6 @@ RuleFileError, one line per problem, each starting with the file name.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 from alertwarden.errors import RuleError
 from alertwarden.rules.compiled import CompiledRule, compile_rule
 from alertwarden.rules.model import ID_PATTERN, RuleDefinition, RuleFieldErrors
+from alertwarden.rules.preview import preview
 
 MAX_RULE_FILE_BYTES = 10 * 1024 * 1024
 RULE_FIELDS = tuple(
@@ -83,6 +83,64 @@ def load_rules_file(path: str | Path) -> list[CompiledRule]:
     return load_rules_text(text, source)
 
 
+def load_rules_files(paths: Sequence[str | Path]) -> list[CompiledRule]:
+    """Load every rule of several YAML files, in order; rule ids must be unique across them.
+
+    The set loads all of its rules or none. Every file is read, and each file with a problem
+    contributes a RuleFileError. Raises that error when one file is at fault, else RuleError
+    with the messages of all of them. A rule whose id an earlier file already uses is a problem
+    of the later file, and its message names both files.
+    """
+    errors: list[RuleFileError] = []
+    loaded: list[tuple[str, list[CompiledRule]]] = []
+    for source in _distinct_sources(paths, errors):
+        try:
+            loaded.append((source, load_rules_file(source)))
+        except RuleFileError as error:
+            errors.append(error)
+    errors.extend(_duplicate_ids_across_files(loaded))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise RuleError("\n".join(str(error) for error in errors))
+    return [rule for _, rules in loaded for rule in rules]
+
+
+def _distinct_sources(paths: Sequence[str | Path], errors: list[RuleFileError]) -> list[str]:
+    """Drop a file named twice, which would otherwise repeat every id, and record it as a problem."""
+    sources: list[str] = []
+    first_of_file: dict[Path, str] = {}
+    for path in paths:
+        source = str(path)
+        resolved = Path(path).resolve()
+        if resolved in first_of_file:
+            first = first_of_file[resolved]
+            also = "" if first == source else f" (also as {first})"
+            errors.append(RuleFileError(source, [f"file is given twice{also}; give each file once"]))
+            continue
+        first_of_file[resolved] = source
+        sources.append(source)
+    return sources
+
+
+def _duplicate_ids_across_files(loaded: list[tuple[str, list[CompiledRule]]]) -> list[RuleFileError]:
+    first_file_of_id: dict[str, str] = {}
+    errors: list[RuleFileError] = []
+    for source, rules in loaded:
+        problems: list[str] = []
+        for rule in rules:
+            if rule.id in first_file_of_id:
+                problems.append(
+                    f"rule {rule.id!r} field 'id': duplicate id {rule.id!r}, already used in "
+                    f"{first_file_of_id[rule.id]}; give each rule a unique id across all rule files"
+                )
+        for rule in rules:
+            first_file_of_id.setdefault(rule.id, source)
+        if problems:
+            errors.append(RuleFileError(source, problems))
+    return errors
+
+
 def load_rules_text(text: str, source: str = "<string>") -> list[CompiledRule]:
     """Load and compile every rule of a YAML document. Raises RuleFileError naming `source`."""
     if len(text) > MAX_RULE_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RULE_FILE_BYTES:
@@ -117,7 +175,7 @@ def validate_rule_entries(entries: Sequence[object]) -> tuple[list[RuleDefinitio
 
 
 def _too_large_message() -> str:
-    return f"file is larger than {MAX_RULE_FILE_BYTES // (1024 * 1024)} MiB; split the rules into several files"
+    return f"file is larger than {MAX_RULE_FILE_BYTES // (1024 * 1024)} MiB; split the rules into several files and give each one with --rules"
 
 
 def _parse_rule_list(text: str, source: str) -> list[object]:
@@ -208,5 +266,4 @@ def _format_location(location: tuple[int | str, ...]) -> str:
 
 
 def _show(value: object) -> str:
-    text = json.dumps(value, default=repr, ensure_ascii=False)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return preview(value)
