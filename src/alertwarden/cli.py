@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -26,10 +27,9 @@ from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator, R
 from alertwarden.errors import AlertwardenError, ConfigError
 from alertwarden.logs import configure_logging, get_logger
 from alertwarden.pipeline import RuleGroupPipeline
-from alertwarden.rules import CompiledRule, explain_rules, format_duration, load_rules_file, parse_duration
+from alertwarden.rules import CompiledRule, explain_rules, format_duration, load_rules_files, parse_duration
 from alertwarden.runner import InputRunner, ProgressReporter, RunSummary
 from alertwarden.sinks.base import Notification, Sink
-from alertwarden.sinks.fanout import FanoutSink
 from alertwarden.sinks.stdout import ConsoleSink, JsonLinesSink
 from alertwarden.sinks.webhook import WebhookSink
 from alertwarden.sources.files import FileInput, LineInput, StdinInput
@@ -51,7 +51,9 @@ log = get_logger(__name__)
 
 DEFAULT_STATE_FILE = "alertwarden.sqlite"
 
-RulesOption = Annotated[Path, typer.Option("--rules", help="YAML file with the rules.")]
+RulesOption = Annotated[
+    list[Path], typer.Option("--rules", help="YAML file with rules; repeat to load several files.")
+]
 FormatOption = Annotated[
     str,
     typer.Option(
@@ -149,13 +151,23 @@ def run(
     options = InputOptions(input_path, fmt, pattern, time_format, year, timezone, max_line_bytes)
     clock_mode = _clock_mode(clock, input_path)
     with _exit_on_error():
-        compiled = load_rules_file(rules)
+        compiled = load_rules_files(rules)
         settings = EngineSettings(clock=clock_mode, max_future_skew_s=parse_duration(max_future_skew))
-        sink = _make_sink(output, webhook or [])
+        sink, remote_sinks = _make_sinks(output, webhook or [])
         retention_s = parse_duration(history_retention)
         store: StateStore = PostgresStore(database) if database else SQLiteStore(state, exclusive=True)
         summary, pipelines = asyncio.run(
-            _run(compiled, options, settings, store, sink, tenant, retention_s)
+            _run(
+                compiled,
+                options,
+                settings,
+                store,
+                sink,
+                tenant,
+                retention_s,
+                remote_sinks,
+                hold_partial_last_line=True,
+            )
         )
     if summary.skipped:
         skipped = ", ".join(f"{reason}={count}" for reason, count in sorted(summary.skipped.items()))
@@ -183,9 +195,9 @@ def backtest(
     configure_logging(log_level, log_format)
     options = InputOptions(input_path, fmt, pattern, time_format, year, timezone, max_line_bytes)
     with _exit_on_error():
-        compiled = load_rules_file(rules)
+        compiled = load_rules_files(rules)
         settings = EngineSettings(clock=ClockMode.EVENT)
-        recorder = SummarySink(_make_sink(output, []))
+        recorder = SummarySink(_make_sinks(output, [])[0])
         store = SQLiteStore(":memory:")
         summary, pipelines = asyncio.run(
             _run(compiled, options, settings, store, recorder, "default", None)
@@ -244,13 +256,13 @@ def migrate(
 
 @rules_app.command("check")
 def rules_check(
-    path: Annotated[Path, typer.Argument(help="YAML rule file to validate.")],
+    paths: Annotated[list[Path], typer.Argument(metavar="FILE", help="YAML rule files to validate together.")],
 ) -> None:
-    """Validate a rule file and explain what each rule does."""
+    """Validate rule files as run and backtest load them, and explain what each rule does."""
     with _exit_on_error():
-        compiled = load_rules_file(path)
+        compiled = load_rules_files(paths)
     typer.echo(explain_rules(compiled))
-    typer.echo(f"{path}: {len(compiled)} rule(s) valid")
+    typer.echo(f"{', '.join(str(path) for path in paths)}: {len(compiled)} rule(s) valid")
 
 
 # ----------------------------------------------------------------- wiring
@@ -264,6 +276,9 @@ async def _run(
     sink: Sink,
     tenant: str,
     history_retention_s: float | None,
+    remote_sinks: Sequence[Sink] = (),
+    *,
+    hold_partial_last_line: bool = False,
 ) -> tuple[RunSummary, list[RuleGroupPipeline]]:
     enabled = [rule for rule in rules if rule.enabled]
     if not enabled:
@@ -292,7 +307,9 @@ async def _run(
     try:
         if isinstance(store, PostgresStore):
             await _register_rules(store, tenant, enabled)
-        pipelines = _pipelines(enabled, settings, store, sink, tenant, history_retention_s)
+        pipelines = _pipelines(
+            enabled, settings, store, sink, tenant, history_retention_s, remote_sinks
+        )
         progress = RichProgress() if sys.stderr.isatty() and total_bytes else None
         runner = InputRunner(
             pipelines,
@@ -301,11 +318,14 @@ async def _run(
             clock=settings.clock,
             progress=progress,
             total_bytes=total_bytes,
+            hold_partial_last_line=hold_partial_last_line,
         )
         return await runner.run(), pipelines
     finally:
         line_input.close()
         await sink.close()
+        for remote in remote_sinks:
+            await remote.close()
         await store.close()
 
 
@@ -334,6 +354,7 @@ def _pipelines(
     sink: Sink,
     tenant: str,
     history_retention_s: float | None,
+    remote_sinks: Sequence[Sink] = (),
 ) -> list[RuleGroupPipeline]:
     """Make one pipeline per rule group, each with its own evaluator and checkpoint."""
     by_group: dict[str, list[CompiledRule]] = defaultdict(list)
@@ -349,6 +370,7 @@ def _pipelines(
             sink,
             source="",
             history_retention_s=history_retention_s if history_retention_s is not None else float("inf"),
+            remote_sinks=remote_sinks,
         )
         pipelines.append(pipeline)
     return pipelines
@@ -368,20 +390,22 @@ def _log_rule_counters(pipeline: RuleGroupPipeline) -> None:
             skipped_missing_key=stats.skipped_missing_key,
             wrong_type_key=stats.wrong_type_key,
             capped=stats.capped,
+            regex_timeouts=pipeline.rules[rule_id].regex_timeouts,
             live_groups=evaluator.group_count(rule_id),
             **{f"transitions_{kind}": count for kind, count in sorted(stats.transitions.items())},
         )
 
 
-def _make_sink(output: str, webhooks: list[str]) -> Sink:
+def _make_sinks(output: str, webhooks: list[str]) -> tuple[Sink, list[Sink]]:
+    """Return the local output sink and the remote (webhook) sinks, which deliver in background."""
+    local: Sink
     if output == "text":
-        sinks: list[Sink] = [ConsoleSink()]
+        local = ConsoleSink()
     elif output == "jsonl":
-        sinks = [JsonLinesSink()]
+        local = JsonLinesSink()
     else:
         raise ConfigError(f"invalid --output {output!r}: use text or jsonl")
-    sinks.extend(WebhookSink(url) for url in webhooks)
-    return sinks[0] if len(sinks) == 1 else FanoutSink(sinks)
+    return local, [WebhookSink(url) for url in webhooks]
 
 
 def _clock_mode(clock: str | None, input_path: str) -> ClockMode:
