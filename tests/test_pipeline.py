@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alertwarden.engine.evaluator import Evaluator
+from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator
 from alertwarden.engine.records import FlushBatch, Transition
 from alertwarden.errors import SinkError, StoreError
 from alertwarden.events import Event, Signal
@@ -408,4 +408,47 @@ async def test_dead_remote_sink_does_not_block(
     assert remote.received == []
     undelivered = await store.undelivered("default", "default")
     assert sorted(r.transition_id for r in undelivered) == sorted(n.transition_id for n in local.sent)
+    await store.close()
+
+
+def wall_pipeline(store: SQLiteStore, sink: CollectingSink, wall_s: float) -> RuleGroupPipeline:
+    rules = load_rules_text(RULES)
+    evaluator = Evaluator(rules, EngineSettings(clock=ClockMode.WALL))
+    return RuleGroupPipeline(
+        evaluator, rules, store, sink, source="stdin", wall_clock=lambda: wall_s
+    )
+
+
+@pytest.mark.parametrize(
+    ("downtime_s", "expected"),
+    [
+        # The three events left the 5-minute window during the downtime: recovered now.
+        (3600.0, [("recovered", 0)]),
+        # Still inside the window: the group keeps firing, nothing is sent.
+        (30.0, []),
+    ],
+    ids=["window-emptied", "window-still-full"],
+)
+async def test_wall_restart_evaluates_now(
+    tmp_path: Path, downtime_s: float, expected: list[tuple[str, int]]
+) -> None:
+    store = SQLiteStore(tmp_path / "wall.sqlite")
+    await store.open()
+    first = wall_pipeline(store, CollectingSink(), T0)
+    await first.start(no_resume, replayable=False)
+    for offset, second in enumerate((5, 10, 15)):
+        fields = {"severity": "error", "host": "web-1"}
+        await first.process(Event(T0 + second, fields, Signal.LOGS), offset, arrival_s=T0 + second)
+    await first.finish(3)
+    assert [n.kind for n in first.sink.sent] == ["fired"]  # type: ignore[attr-defined]
+
+    sink = CollectingSink()
+    restart_s = T0 + 15 + downtime_s
+    second_run = wall_pipeline(store, sink, restart_s)
+    await second_run.start(no_resume, replayable=False)
+
+    assert [(n.kind, n.count) for n in sink.sent] == expected
+    assert all(n.at == restart_s for n in sink.sent)
+    assert second_run.evaluator.now == restart_s
+    await second_run.finish(0)
     await store.close()

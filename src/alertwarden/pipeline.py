@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from alertwarden.engine.evaluator import Evaluator, RestoreReport
+from alertwarden.engine.evaluator import ClockMode, Evaluator, RestoreReport
 from alertwarden.engine.records import FlushBatch, Transition, format_time
 from alertwarden.errors import OutputClosedError, SinkError, StoreError
 from alertwarden.events import Event
@@ -65,6 +65,7 @@ class RuleGroupPipeline:
         source: str,
         history_retention_s: float = DEFAULT_HISTORY_RETENTION_S,
         monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         remote_sinks: Sequence[Sink] = (),
         delivery_timeout_s: float = 10.0,
     ) -> None:
@@ -86,6 +87,7 @@ class RuleGroupPipeline:
         self._last_offset = 0
         self._log = log.bind(tenant=self.tenant, rule_group=self.rule_group)
         self._monotonic = monotonic
+        self._wall_clock = wall_clock
         self._store_failures = 0
         self._retry_at = 0.0
         self._error_log = RateLimitedLog(STORE_ERROR_LOG_INTERVAL_S)
@@ -121,6 +123,10 @@ class RuleGroupPipeline:
                 self._log.warning("checkpoint_discarded", reason=warning)
             self.resume_offset = offset
         report = self.evaluator.restore(stored.groups, checkpoint, replay=replay)
+        resumed: list[Transition] = []
+        if not replay and self.evaluator.settings.clock is ClockMode.WALL:
+            # Live input after a downtime: evaluate against the window as it is now.
+            resumed = self.evaluator.resume_at(self._wall_clock())
         now = self.evaluator.now
         if now is not None:
             self._flushed_bucket = self._flush_bucket(now)
@@ -128,6 +134,8 @@ class RuleGroupPipeline:
         await self._redeliver()
         if report.reset_transitions:
             await self._emit(report.reset_transitions)
+        if resumed:
+            await self._emit(resumed)
         return report
 
     async def finish(self, offset: int) -> None:

@@ -684,6 +684,29 @@ class Evaluator:
                     report.frozen += 1
         return report
 
+    def resume_at(self, now_s: float) -> list[Transition]:
+        """Jump the clock to `now_s` after a restore whose input cannot be replayed.
+
+        Buckets that left the window during the downtime drop out, and every restored group is
+        evaluated once at `now_s` against the window as it is now, not at each boundary it
+        missed: a group that was firing before the downtime recovers now, if its count fell.
+        """
+        out: list[Transition] = []
+        if self.now is not None and now_s <= self.now:
+            return out
+        self._step = self._position_base
+        self.now = now_s
+        for state in self._states:
+            bucket = int(now_s // state.bucket_s)
+            state.ticked = bucket
+            state.now_bucket = bucket
+        self._update_next_boundary()
+        for state in self._states:
+            for slot in sorted(state.active):
+                count = state.table.window_count(slot, state.now_bucket)  # type: ignore[arg-type]
+                self._evaluate(state, slot, now_s, count, out)
+        return out
+
     def _restore_group(self, state: _RuleState, snap: GroupSnapshot) -> None:
         table = state.table
         slot = table.add(snap.key, snap.head_bucket)
