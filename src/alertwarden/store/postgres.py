@@ -280,6 +280,7 @@ class PostgresStore:
         """Open the pool and read the migration settings. A second call does nothing."""
         if self._pool is not None:
             return
+        await self._check_reachable()
         pool = AsyncConnectionPool(
             self._url,
             min_size=self._pool_min,
@@ -303,6 +304,22 @@ class PostgresStore:
             self._settings.history_backend,
             self._pool_max,
         )
+
+    async def _check_reachable(self) -> None:
+        """Connect once, so an unreachable server fails at once with the server's own reason.
+
+        The pool would only retry in the background and report a timeout after pool_timeout_s.
+        """
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self._url, connect_timeout=10, prepare_threshold=self._prepare_threshold
+            )
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {_describe_url(self._url)}: "
+                f"{str(exc).strip()}; check --database and that the server is running"
+            ) from exc
+        await conn.close()
 
     async def close(self) -> None:
         """Close the pool. Calling it on a closed store does nothing."""
@@ -712,6 +729,17 @@ class PostgresStore:
 
 async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
     conn.adapters.register_dumper(_BinaryArray, _BinaryArrayDumper)
+
+
+def _describe_url(url: str) -> str:
+    """Return host, port and database of a connection URL, without the password."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "the configured URL"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    return f"{host}:{port}/{params.get('dbname') or ''}"
 
 
 @contextmanager
