@@ -33,7 +33,6 @@ from psycopg_pool import AsyncConnectionPool
 from alertwarden.engine.records import (
     Checkpoint,
     FlushBatch,
-    GroupKey,
     GroupSnapshot,
     GroupStatus,
     Transition,
@@ -41,6 +40,19 @@ from alertwarden.engine.records import (
 )
 from alertwarden.errors import StoreError
 from alertwarden.store.base import HistoryRecord, StoredState
+from alertwarden.store.checks import (
+    INT64_MAX,
+    INT64_MIN,
+    check_int,
+    check_int64,
+    check_optional_time,
+    check_scope,
+    check_text,
+    check_time,
+    decode_key,
+    encode_key,
+    preview,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +60,6 @@ HISTORY_LIMIT_MAX = 10_000
 """Upper bound on the rows one history() call returns, whatever `limit` the caller passes."""
 
 _INT32_MAX = 2**31 - 1
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
-_PREVIEW_CHARS = 60
 
 _GROUP_COLUMNS: LiteralString = (
     "rule_id, group_key, window_s, bucket_s, counts, head_bucket, last_seen_at,"
@@ -358,7 +367,7 @@ class PostgresStore:
 
     async def load(self, tenant: str, rule_group: str) -> StoredState:
         """Return every stored group snapshot of the rule group, by rule id, and its checkpoint."""
-        _check_scope(tenant, rule_group)
+        check_scope(tenant, rule_group)
         # REPEATABLE READ makes the groups and the checkpoint come from the same snapshot.
         async with self._transaction("load", repeatable_read=True) as conn:
             cursor = await conn.execute(
@@ -391,7 +400,7 @@ class PostgresStore:
         Returns the history id of each transition, in order. A transition already recorded keeps
         its row and returns that row's id, so a retry after a crash is harmless.
         """
-        _check_scope(tenant, rule_group)
+        check_scope(tenant, rule_group)
         if not transitions:
             return []
         history = _history_columns(tenant, rule_group, transitions)
@@ -425,14 +434,14 @@ class PostgresStore:
 
         All three happen in one transaction, so a crash leaves this flush or the previous one.
         """
-        _check_scope(tenant, rule_group)
+        check_scope(tenant, rule_group)
         groups = _group_params(batch.changed)
         forgotten_rule_ids: list[str] = []
         forgotten_keys: list[str] = []
         for rule_id, key in batch.forgotten:
-            _check_text("rule_id", rule_id)
+            check_text("rule_id", rule_id)
             forgotten_rule_ids.append(rule_id)
-            forgotten_keys.append(_encode_key(rule_id, key))
+            forgotten_keys.append(encode_key(rule_id, key))
         checkpoint = _checkpoint_params(tenant, rule_group, batch.checkpoint)
 
         async with self._transaction("flush") as conn:
@@ -457,7 +466,7 @@ class PostgresStore:
 
     async def undelivered(self, tenant: str, rule_group: str) -> list[HistoryRecord]:
         """Return the history rows of the rule group not yet marked delivered, oldest id first."""
-        _check_scope(tenant, rule_group)
+        check_scope(tenant, rule_group)
         async with self._transaction("undelivered") as conn:
             cursor = await conn.execute(
                 f"SELECT {_HISTORY_COLUMNS} FROM evaluation_history"
@@ -470,8 +479,8 @@ class PostgresStore:
 
     async def mark_delivered(self, tenant: str, ids: Sequence[int]) -> None:
         """Mark the tenant's history rows with these ids delivered, ignoring other tenants' ids."""
-        _check_text("tenant", tenant)
-        checked = [_check_int64("history id", history_id) for history_id in ids]
+        check_text("tenant", tenant)
+        checked = [check_int64("history id", history_id) for history_id in ids]
         if not checked:
             return
         async with self._transaction("mark_delivered") as conn:
@@ -490,8 +499,8 @@ class PostgresStore:
         maintain_interval_s of wall-clock time. Unlike the SQLite store, a dropped day takes its
         undelivered rows with it.
         """
-        _check_text("tenant", tenant)
-        _check_time("before_s", before_s)
+        check_text("tenant", tenant)
+        check_time("before_s", before_s)
         if self.settings.history_backend != "partitioned":
             return 0
         now = time.monotonic()
@@ -509,7 +518,7 @@ class PostgresStore:
         self._last_maintain = time.monotonic()
         if self.settings.history_backend != "partitioned":
             return MaintenanceReport((), (), 0)
-        now_s = time.time() if now_s is None else _check_time("now_s", now_s)
+        now_s = time.time() if now_s is None else check_time("now_s", now_s)
         today = _utc_day(now_s)
         last_day = today + timedelta(days=self._partitions_ahead_days)
         # Only whole days end before the cutoff, so the rows dropped are those before its day.
@@ -587,19 +596,19 @@ class PostgresStore:
         # The clauses are fixed strings, and every value is a bound parameter. The `at` bounds
         # with one second of slack let PostgreSQL skip partitions, and at_s filters exactly.
         clauses: list[LiteralString] = ["tenant_id = %s"]
-        params: list[Any] = [_check_text("tenant", tenant)]
+        params: list[Any] = [check_text("tenant", tenant)]
         if rule_id is not None:
             clauses.append("rule_id = %s")
-            params.append(_check_text("rule_id", rule_id))
+            params.append(check_text("rule_id", rule_id))
         if kind is not None:
             clauses.append("kind = %s")
-            params.append(_check_text("kind", kind))
+            params.append(check_text("kind", kind))
         if since_s is not None:
-            since = _check_time("since_s", since_s)
+            since = check_time("since_s", since_s)
             clauses.append("at >= to_timestamp(%s) - interval '1 second' AND at_s >= %s")
             params.extend((since, since))
         if until_s is not None:
-            until = _check_time("until_s", until_s)
+            until = check_time("until_s", until_s)
             clauses.append("at < to_timestamp(%s) + interval '1 second' AND at_s < %s")
             params.extend((until, until))
         params.append(min(limit, HISTORY_LIMIT_MAX))
@@ -619,7 +628,7 @@ class PostgresStore:
 
     async def ensure_tenant(self, tenant: str, stateful_rules: bool | None = None) -> bool:
         """Insert the tenant if missing, set its flag unless None, and return the flag."""
-        _check_text("tenant", tenant)
+        check_text("tenant", tenant)
         if stateful_rules is not None and not isinstance(stateful_rules, bool):
             raise StoreError(f"invalid stateful_rules {stateful_rules!r}: expected True, False or None")
         async with self._transaction("ensure_tenant") as conn:
@@ -651,20 +660,20 @@ class PostgresStore:
         With source 'file', the group's file rules missing from `rules` are disabled, not
         deleted, so sweep() can remove their state. A changed rule gets version + 1.
         """
-        _check_scope(tenant, rule_group)
+        check_scope(tenant, rule_group)
         if source not in ("file", "api"):
             raise StoreError(f"invalid rule source {source!r}: expected 'file' or 'api'")
         rule_ids: list[str] = []
         definitions: list[str] = []
         enabled: list[bool] = []
         for rule_id, definition, is_enabled in rules:
-            _check_text("rule_id", rule_id)
+            check_text("rule_id", rule_id)
             if rule_id in rule_ids:
-                raise StoreError(f"duplicate rule_id {_preview(rule_id)} in one sync_rules call")
+                raise StoreError(f"duplicate rule_id {preview(rule_id)} in one sync_rules call")
             if not isinstance(is_enabled, bool):
-                raise StoreError(f"invalid enabled {is_enabled!r} of rule {_preview(rule_id)}")
+                raise StoreError(f"invalid enabled {is_enabled!r} of rule {preview(rule_id)}")
             rule_ids.append(rule_id)
-            definitions.append(_encode_json(f"definition of rule {_preview(rule_id)}", definition))
+            definitions.append(_encode_json(f"definition of rule {preview(rule_id)}", definition))
             enabled.append(is_enabled)
 
         async with self._transaction("sync_rules") as conn:
@@ -757,9 +766,9 @@ def _translate_decode_errors(tenant: str, rule_group: str | None) -> Iterator[No
     try:
         yield
     except (ValueError, TypeError, KeyError) as exc:
-        scope = f"tenant {_preview(tenant)}"
+        scope = f"tenant {preview(tenant)}"
         if rule_group is not None:
-            scope += f", rule group {_preview(rule_group)}"
+            scope += f", rule group {preview(rule_group)}"
         raise StoreError(
             f"stored row of {scope} is invalid: {exc}. The database was changed outside"
             " alertwarden or is damaged. Restore it from a backup"
@@ -776,56 +785,6 @@ def _day_start(day: date) -> datetime:
 
 # Input checks. PostgreSQL text and jsonb cannot hold a NUL character, and a lone surrogate
 # cannot be encoded as UTF-8, so both are rejected before any SQL runs.
-
-
-def _preview(value: str) -> str:
-    if len(value) <= _PREVIEW_CHARS:
-        return repr(value)
-    return f"{value[:_PREVIEW_CHARS]!r}... ({len(value)} characters)"
-
-
-def _check_text(field: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise StoreError(f"invalid {field} {value!r}: expected a string")
-    if "\x00" in value:
-        raise StoreError(
-            f"invalid {field} {_preview(value)}: contains a NUL character, which PostgreSQL"
-            " text cannot hold. Remove it from the input or the rule"
-        )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise StoreError(
-            f"invalid {field} {_preview(value)}: not encodable as UTF-8 ({exc.reason})"
-        ) from exc
-    return value
-
-
-def _check_scope(tenant: str, rule_group: str) -> None:
-    _check_text("tenant", tenant)
-    _check_text("rule_group", rule_group)
-
-
-def _check_int(field: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise StoreError(f"invalid {field} {value!r}: expected an integer")
-    if not low <= value <= high:
-        raise StoreError(f"invalid {field} {value}: expected an integer from {low} to {high}")
-    return value
-
-
-def _check_int64(field: str, value: object) -> int:
-    return _check_int(field, value, _INT64_MIN, _INT64_MAX)
-
-
-def _check_time(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise StoreError(f"invalid {field} {value!r}: expected a finite number of UTC seconds")
-    return float(value)
-
-
-def _check_optional_time(field: str, value: object) -> float | None:
-    return None if value is None else _check_time(field, value)
 
 
 def _encode_json(field: str, value: object) -> str:
@@ -846,29 +805,13 @@ def _encode_json(field: str, value: object) -> str:
 # Row codecs.
 
 
-def _encode_key(rule_id: str, key: GroupKey) -> str:
-    if not isinstance(key, tuple):
-        raise StoreError(f"invalid group key {key!r} of rule {_preview(rule_id)}: expected a tuple")
-    for value in key:
-        if value is not None:
-            _check_text(f"group key value of rule {_preview(rule_id)}", value)
-    return orjson.dumps(list(key)).decode()
-
-
-def _decode_key(text: str) -> GroupKey:
-    values = orjson.loads(text)
-    if not isinstance(values, list) or not all(v is None or isinstance(v, str) for v in values):
-        raise ValueError(f"group_key {text[:_PREVIEW_CHARS]!r} is not a JSON array of strings")
-    return tuple(values)
-
-
 def _check_counts(rule_id: str, counts: object) -> tuple[int, ...]:
     if not isinstance(counts, tuple):
-        raise StoreError(f"invalid counts {counts!r} of rule {_preview(rule_id)}: expected a tuple")
+        raise StoreError(f"invalid counts {counts!r} of rule {preview(rule_id)}: expected a tuple")
     for count in counts:
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _INT32_MAX:
             raise StoreError(
-                f"invalid bucket count {count!r} of rule {_preview(rule_id)}: expected an integer"
+                f"invalid bucket count {count!r} of rule {preview(rule_id)}: expected an integer"
                 f" from 0 to {_INT32_MAX}"
             )
     return counts
@@ -941,8 +884,8 @@ def _bulk_group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list[An
         and _are_ints_within(columns["bucket_s"], 1, _INT32_MAX)
         and _types_within(counts, {tuple})
         and _are_ints_within(list(chain.from_iterable(counts)), 0, _INT32_MAX)
-        and _are_ints_within(columns["head_bucket"], _INT64_MIN, _INT64_MAX)
-        and _are_ints_within(columns["position"], _INT64_MIN, _INT64_MAX)
+        and _are_ints_within(columns["head_bucket"], INT64_MIN, INT64_MAX)
+        and _are_ints_within(columns["position"], INT64_MIN, INT64_MAX)
         and _are_finite_floats(last_seen_at)
         and _are_finite_floats([t for t in last_fired_at if t is not None])
         and _are_finite_floats([t for t in last_notified_at if t is not None])
@@ -989,8 +932,8 @@ def _checked_group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list
     latest: dict[tuple[str, str], GroupSnapshot] = {}
     keys: dict[tuple[str, str], str] = {}
     for snapshot in snapshots:
-        _check_text("rule_id", snapshot.rule_id)
-        group_key = _encode_key(snapshot.rule_id, snapshot.key)
+        check_text("rule_id", snapshot.rule_id)
+        group_key = encode_key(snapshot.rule_id, snapshot.key)
         identity = (snapshot.rule_id, group_key)
         previous = latest.get(identity)
         if previous is None or snapshot.position >= previous.position:
@@ -1005,32 +948,32 @@ def _checked_group_columns(snapshots: Sequence[GroupSnapshot]) -> dict[str, list
         rule_id = snapshot.rule_id
         if not isinstance(snapshot.suppressed, bool):
             raise StoreError(
-                f"invalid suppressed {snapshot.suppressed!r} of rule {_preview(rule_id)}:"
+                f"invalid suppressed {snapshot.suppressed!r} of rule {preview(rule_id)}:"
                 " expected True or False"
             )
         try:
             status = GroupStatus(snapshot.status).value
         except ValueError as exc:
             raise StoreError(
-                f"invalid status {snapshot.status!r} of rule {_preview(rule_id)}: expected one"
+                f"invalid status {snapshot.status!r} of rule {preview(rule_id)}: expected one"
                 f" of {[s.value for s in GroupStatus]}"
             ) from exc
         columns["rule_id"].append(rule_id)
         columns["group_key"].append(keys[identity])
-        columns["window_s"].append(_check_int("window_s", snapshot.window_s, 1, _INT32_MAX))
-        columns["bucket_s"].append(_check_int("bucket_s", snapshot.bucket_s, 1, _INT32_MAX))
+        columns["window_s"].append(check_int("window_s", snapshot.window_s, 1, _INT32_MAX))
+        columns["bucket_s"].append(check_int("bucket_s", snapshot.bucket_s, 1, _INT32_MAX))
         columns["counts"].append(_check_counts(rule_id, snapshot.counts))
-        columns["head_bucket"].append(_check_int64("head_bucket", snapshot.head_bucket))
-        columns["last_seen_at"].append(_check_time("last_seen_at", snapshot.last_seen_at))
+        columns["head_bucket"].append(check_int64("head_bucket", snapshot.head_bucket))
+        columns["last_seen_at"].append(check_time("last_seen_at", snapshot.last_seen_at))
         columns["last_fired_at"].append(
-            _check_optional_time("last_fired_at", snapshot.last_fired_at)
+            check_optional_time("last_fired_at", snapshot.last_fired_at)
         )
         columns["last_notified_at"].append(
-            _check_optional_time("last_notified_at", snapshot.last_notified_at)
+            check_optional_time("last_notified_at", snapshot.last_notified_at)
         )
         columns["status"].append(status)
         columns["suppressed"].append(snapshot.suppressed)
-        columns["position"].append(_check_int64("position", snapshot.position))
+        columns["position"].append(check_int64("position", snapshot.position))
     return columns
 
 
@@ -1163,7 +1106,7 @@ def _snapshot_from_row(row: tuple[Any, ...]) -> GroupSnapshot:
     ) = row
     return GroupSnapshot(
         rule_id=rule_id,
-        key=_decode_key(group_key),
+        key=decode_key(group_key),
         window_s=window_s,
         bucket_s=bucket_s,
         counts=tuple(counts),
@@ -1179,15 +1122,15 @@ def _snapshot_from_row(row: tuple[Any, ...]) -> GroupSnapshot:
 
 def _checkpoint_params(tenant: str, rule_group: str, checkpoint: Checkpoint) -> tuple[Any, ...]:
     for rule_id, bucket in checkpoint.ticked.items():
-        _check_text("ticked rule_id", rule_id)
-        _check_int64(f"ticked bucket of rule {_preview(rule_id)}", bucket)
+        check_text("ticked rule_id", rule_id)
+        check_int64(f"ticked bucket of rule {preview(rule_id)}", bucket)
     return (
         tenant,
         rule_group,
-        _check_text("checkpoint source", checkpoint.source),
-        _check_int64("checkpoint offset", checkpoint.offset),
-        _check_int64("checkpoint position", checkpoint.position),
-        _check_optional_time("checkpoint now", checkpoint.now),
+        check_text("checkpoint source", checkpoint.source),
+        check_int64("checkpoint offset", checkpoint.offset),
+        check_int64("checkpoint position", checkpoint.position),
+        check_optional_time("checkpoint now", checkpoint.now),
         orjson.dumps(checkpoint.ticked).decode(),
     )
 
@@ -1207,31 +1150,31 @@ def _history_columns(
         for name in ("at_s", "rule_id", "group_key", "kind", "count", "transition_id", "details")
     }
     for transition in transitions:
-        rule_id = _check_text("rule_id", transition.rule_id)
+        rule_id = check_text("rule_id", transition.rule_id)
         snapshot = transition.snapshot
         if snapshot.rule_id != rule_id or snapshot.key != transition.key:
             raise StoreError(
-                f"transition of rule {_preview(rule_id)} carries the snapshot of another group"
-                f" (rule {_preview(snapshot.rule_id)}, key {snapshot.key!r}). The snapshot must"
+                f"transition of rule {preview(rule_id)} carries the snapshot of another group"
+                f" (rule {preview(snapshot.rule_id)}, key {snapshot.key!r}). The snapshot must"
                 " be of the transition's own rule and key"
             )
         for field_name, value in transition.group:
-            _check_text(f"group field name of rule {_preview(rule_id)}", field_name)
+            check_text(f"group field name of rule {preview(rule_id)}", field_name)
             if value is not None:
-                _check_text(f"group value of rule {_preview(rule_id)}", value)
-        at = _check_time("transition at", transition.at)
+                check_text(f"group value of rule {preview(rule_id)}", value)
+        at = check_time("transition at", transition.at)
         try:
             kind = TransitionKind(transition.kind).value
         except ValueError as exc:
             raise StoreError(
-                f"invalid transition kind {transition.kind!r} of rule {_preview(rule_id)}:"
+                f"invalid transition kind {transition.kind!r} of rule {preview(rule_id)}:"
                 f" expected one of {[k.value for k in TransitionKind]}"
             ) from exc
         try:
             details = transition.as_dict()
         except (OverflowError, OSError, ValueError) as exc:
             raise StoreError(
-                f"invalid transition at {at!r} of rule {_preview(rule_id)}: not a representable"
+                f"invalid transition at {at!r} of rule {preview(rule_id)}: not a representable"
                 f" UTC time ({exc})"
             ) from exc
         details["captures"] = transition.captures
@@ -1240,10 +1183,10 @@ def _history_columns(
         columns["rule_id"].append(rule_id)
         columns["group_key"].append(orjson.dumps(dict(transition.group)).decode())
         columns["kind"].append(kind)
-        columns["count"].append(_check_int("transition count", transition.count, 0, _INT32_MAX))
+        columns["count"].append(check_int("transition count", transition.count, 0, _INT32_MAX))
         columns["transition_id"].append(transition.transition_id(tenant, rule_group))
         columns["details"].append(
-            _encode_json(f"details of a transition of rule {_preview(rule_id)}", details)
+            _encode_json(f"details of a transition of rule {preview(rule_id)}", details)
         )
     return columns
 

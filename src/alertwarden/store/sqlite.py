@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import math
 import os
 import sqlite3
 import struct
@@ -32,6 +31,17 @@ from alertwarden.engine.records import (
 )
 from alertwarden.errors import StoreError
 from alertwarden.store.base import HistoryRecord, StoredState
+from alertwarden.store.checks import (
+    PREVIEW_CHARS,
+    check_int64,
+    check_optional_time,
+    check_scope,
+    check_text,
+    check_time,
+    decode_key,
+    encode_key,
+    preview,
+)
 from alertwarden.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -43,9 +53,6 @@ BUSY_TIMEOUT_MS = 5_000
 """How long a write waits for another connection's write lock before it fails."""
 
 _UINT32_MAX = 2**32 - 1
-_INT64_MIN = -(2**63)
-_INT64_MAX = 2**63 - 1
-_PREVIEW_CHARS = 60
 
 # Bucket counts are stored as little-endian uint32, 4 bytes per bucket. A blob has a fixed size
 # per window, decodes with one struct.unpack instead of a JSON parse on every load, and cannot
@@ -172,7 +179,7 @@ class SQLiteStore:
 
     async def load(self, tenant: str, rule_group: str) -> StoredState:
         """Return every stored group snapshot of the rule group, by rule id, and its checkpoint."""
-        _check_scope(tenant, rule_group)
+        check_scope(tenant, rule_group)
         # One read transaction, so the groups and the checkpoint come from the same commit even
         # while another process writes.
         with self._transaction("load", "DEFERRED") as conn:
@@ -204,7 +211,7 @@ class SQLiteStore:
         Returns the history id of each transition, in order. A transition already recorded keeps
         its row and returns that row's id, so a retry after a crash is harmless.
         """
-        _check_scope(tenant, rule_group)
+        check_scope(tenant, rule_group)
         history_rows = [_history_params(tenant, rule_group, t) for t in transitions]
         group_rows = [_snapshot_params(tenant, rule_group, t.snapshot) for t in transitions]
         if not history_rows:
@@ -228,7 +235,7 @@ class SQLiteStore:
 
         All three happen in one transaction, so a crash leaves this flush or the previous one.
         """
-        _check_scope(tenant, rule_group)
+        check_scope(tenant, rule_group)
         group_rows = [_snapshot_params(tenant, rule_group, s) for s in batch.changed]
         checkpoint_row = _checkpoint_params(tenant, rule_group, batch.checkpoint)
         forgotten_rows = [
@@ -243,7 +250,7 @@ class SQLiteStore:
 
     async def undelivered(self, tenant: str, rule_group: str) -> list[HistoryRecord]:
         """Return the history rows of the rule group not yet marked delivered, oldest id first."""
-        _check_scope(tenant, rule_group)
+        check_scope(tenant, rule_group)
         with self._translate_errors("undelivered"):
             rows = self._connection().execute(
                 f"SELECT {_HISTORY_COLUMNS} FROM history"
@@ -255,8 +262,8 @@ class SQLiteStore:
 
     async def mark_delivered(self, tenant: str, ids: Sequence[int]) -> None:
         """Mark the tenant's history rows with these ids delivered, ignoring other tenants' ids."""
-        _check_text("tenant", tenant)
-        params = [(tenant, _check_int64("history id", history_id)) for history_id in ids]
+        check_text("tenant", tenant)
+        params = [(tenant, check_int64("history id", history_id)) for history_id in ids]
         if not params:
             return
         with self._transaction("mark_delivered") as conn:
@@ -270,8 +277,8 @@ class SQLiteStore:
         Undelivered rows stay whatever their age, because they are the outbox of notifications
         that a sink has not yet accepted.
         """
-        _check_text("tenant", tenant)
-        before_s = _check_time("before_s", before_s)
+        check_text("tenant", tenant)
+        before_s = check_time("before_s", before_s)
         with self._transaction("prune_history") as conn:
             cursor = conn.execute(
                 "DELETE FROM history WHERE tenant = ? AND delivered = 1 AND at < ?",
@@ -299,19 +306,19 @@ class SQLiteStore:
 
         # The clauses are fixed strings, and every value reaches SQLite as a bound parameter.
         clauses = ["tenant = ?"]
-        params: list[Any] = [_check_text("tenant", tenant)]
+        params: list[Any] = [check_text("tenant", tenant)]
         if rule_id is not None:
             clauses.append("rule_id = ?")
-            params.append(_check_text("rule_id", rule_id))
+            params.append(check_text("rule_id", rule_id))
         if kind is not None:
             clauses.append("kind = ?")
-            params.append(_check_text("kind", kind))
+            params.append(check_text("kind", kind))
         if since_s is not None:
             clauses.append("at >= ?")
-            params.append(_check_time("since_s", since_s))
+            params.append(check_time("since_s", since_s))
         if until_s is not None:
             clauses.append("at < ?")
-            params.append(_check_time("until_s", until_s))
+            params.append(check_time("until_s", until_s))
         params.append(min(limit, HISTORY_LIMIT_MAX))
 
         sql = (
@@ -437,98 +444,28 @@ def _translate_decode_errors(tenant: str, rule_group: str | None) -> Iterator[No
     try:
         yield
     except (ValueError, TypeError, KeyError, struct.error) as exc:
-        scope = f"tenant {_preview(tenant)}"
+        scope = f"tenant {preview(tenant)}"
         if rule_group is not None:
-            scope += f", rule group {_preview(rule_group)}"
+            scope += f", rule group {preview(rule_group)}"
         raise StoreError(
             f"stored row of {scope} is invalid: {exc}. The database was changed outside"
             " alertwarden or is damaged. Restore it from a backup or delete it to start afresh"
         ) from exc
 
 
-# Input checks. SQLite's text functions and comparisons stop at a NUL byte (length('a\0b') is 1),
-# and a lone surrogate cannot be encoded as UTF-8 at all, so both are rejected before any SQL
-# runs instead of being stored mangled.
-
-
-def _preview(value: str) -> str:
-    if len(value) <= _PREVIEW_CHARS:
-        return repr(value)
-    return f"{value[:_PREVIEW_CHARS]!r}... ({len(value)} characters)"
-
-
-def _check_text(field: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise StoreError(f"invalid {field} {value!r}: expected a string")
-    if "\x00" in value:
-        raise StoreError(
-            f"invalid {field} {_preview(value)}: contains a NUL byte, which SQLite text cannot"
-            " hold. Remove it from the input or the rule"
-        )
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise StoreError(
-            f"invalid {field} {_preview(value)}: not encodable as UTF-8 ({exc.reason})"
-        ) from exc
-    return value
-
-
-def _check_scope(tenant: str, rule_group: str) -> None:
-    _check_text("tenant", tenant)
-    _check_text("rule_group", rule_group)
-
-
-def _check_int64(field: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise StoreError(f"invalid {field} {value!r}: expected an integer")
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise StoreError(f"invalid {field} {value}: outside the signed 64-bit range of SQLite")
-    return value
-
-
-def _check_time(field: str, value: object) -> float:
-    # SQLite stores NaN as NULL, so a NaN would come back as a missing value.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise StoreError(f"invalid {field} {value!r}: expected a finite number of UTC seconds")
-    return float(value)
-
-
-def _check_optional_time(field: str, value: object) -> float | None:
-    return None if value is None else _check_time(field, value)
-
-
 # Row codecs.
 
 
-def _encode_key(rule_id: str, key: GroupKey) -> str:
-    if not isinstance(key, tuple):
-        raise StoreError(
-            f"invalid group key {key!r} of rule {_preview(rule_id)}: expected a tuple"
-        )
-    for value in key:
-        if value is not None:
-            _check_text(f"group key value of rule {_preview(rule_id)}", value)
-    return orjson.dumps(list(key)).decode()
-
-
-def _decode_key(text: str) -> GroupKey:
-    values = orjson.loads(text)
-    if not isinstance(values, list) or not all(v is None or isinstance(v, str) for v in values):
-        raise ValueError(f"group_key {text[:_PREVIEW_CHARS]!r} is not a JSON array of strings")
-    return tuple(values)
-
-
 def _group_identity_params(rule_id: str, key: GroupKey) -> tuple[str, str]:
-    _check_text("rule_id", rule_id)
-    return rule_id, _encode_key(rule_id, key)
+    check_text("rule_id", rule_id)
+    return rule_id, encode_key(rule_id, key)
 
 
 def _encode_counts(rule_id: str, counts: tuple[int, ...]) -> bytes:
     for count in counts:
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _UINT32_MAX:
             raise StoreError(
-                f"invalid bucket count {count!r} of rule {_preview(rule_id)}: expected an integer"
+                f"invalid bucket count {count!r} of rule {preview(rule_id)}: expected an integer"
                 f" from 0 to {_UINT32_MAX}"
             )
     return struct.pack(_COUNT_FORMAT.format(len(counts)), *counts)
@@ -542,14 +479,14 @@ def _snapshot_params(tenant: str, rule_group: str, snapshot: GroupSnapshot) -> t
     rule_id, group_key = _group_identity_params(snapshot.rule_id, snapshot.key)
     if not isinstance(snapshot.suppressed, bool):
         raise StoreError(
-            f"invalid suppressed {snapshot.suppressed!r} of rule {_preview(rule_id)}:"
+            f"invalid suppressed {snapshot.suppressed!r} of rule {preview(rule_id)}:"
             " expected True or False"
         )
     try:
         status = GroupStatus(snapshot.status).value
     except ValueError as exc:
         raise StoreError(
-            f"invalid status {snapshot.status!r} of rule {_preview(rule_id)}: expected one of"
+            f"invalid status {snapshot.status!r} of rule {preview(rule_id)}: expected one of"
             f" {[s.value for s in GroupStatus]}"
         ) from exc
     return (
@@ -557,16 +494,16 @@ def _snapshot_params(tenant: str, rule_group: str, snapshot: GroupSnapshot) -> t
         rule_group,
         rule_id,
         group_key,
-        _check_int64("window_s", snapshot.window_s),
-        _check_int64("bucket_s", snapshot.bucket_s),
+        check_int64("window_s", snapshot.window_s),
+        check_int64("bucket_s", snapshot.bucket_s),
         _encode_counts(rule_id, snapshot.counts),
-        _check_int64("head_bucket", snapshot.head_bucket),
-        _check_time("last_seen_at", snapshot.last_seen_at),
-        _check_optional_time("last_fired_at", snapshot.last_fired_at),
-        _check_optional_time("last_notified_at", snapshot.last_notified_at),
+        check_int64("head_bucket", snapshot.head_bucket),
+        check_time("last_seen_at", snapshot.last_seen_at),
+        check_optional_time("last_fired_at", snapshot.last_fired_at),
+        check_optional_time("last_notified_at", snapshot.last_notified_at),
         status,
         int(snapshot.suppressed),
-        _check_int64("position", snapshot.position),
+        check_int64("position", snapshot.position),
     )
 
 
@@ -587,7 +524,7 @@ def _snapshot_from_row(row: tuple[Any, ...]) -> GroupSnapshot:
     ) = row
     return GroupSnapshot(
         rule_id=rule_id,
-        key=_decode_key(group_key),
+        key=decode_key(group_key),
         window_s=window_s,
         bucket_s=bucket_s,
         counts=_decode_counts(counts),
@@ -603,15 +540,15 @@ def _snapshot_from_row(row: tuple[Any, ...]) -> GroupSnapshot:
 
 def _checkpoint_params(tenant: str, rule_group: str, checkpoint: Checkpoint) -> tuple[Any, ...]:
     for rule_id, bucket in checkpoint.ticked.items():
-        _check_text("ticked rule_id", rule_id)
-        _check_int64(f"ticked bucket of rule {_preview(rule_id)}", bucket)
+        check_text("ticked rule_id", rule_id)
+        check_int64(f"ticked bucket of rule {preview(rule_id)}", bucket)
     return (
         tenant,
         rule_group,
-        _check_text("checkpoint source", checkpoint.source),
-        _check_int64("checkpoint offset", checkpoint.offset),
-        _check_int64("checkpoint position", checkpoint.position),
-        _check_optional_time("checkpoint now", checkpoint.now),
+        check_text("checkpoint source", checkpoint.source),
+        check_int64("checkpoint offset", checkpoint.offset),
+        check_int64("checkpoint position", checkpoint.position),
+        check_optional_time("checkpoint now", checkpoint.now),
         orjson.dumps(checkpoint.ticked).decode(),
         time.time(),
     )
@@ -621,29 +558,29 @@ def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
     source, offset, position, now, ticked = row
     ticked_map = orjson.loads(ticked)
     if not isinstance(ticked_map, dict):
-        raise ValueError(f"checkpoint ticked {ticked[:_PREVIEW_CHARS]!r} is not a JSON object")
+        raise ValueError(f"checkpoint ticked {ticked[:PREVIEW_CHARS]!r} is not a JSON object")
     return Checkpoint(source=source, offset=offset, position=position, now=now, ticked=ticked_map)
 
 
 def _history_params(tenant: str, rule_group: str, transition: Transition) -> tuple[Any, ...]:
-    rule_id = _check_text("rule_id", transition.rule_id)
+    rule_id = check_text("rule_id", transition.rule_id)
     snapshot = transition.snapshot
     if snapshot.rule_id != rule_id or snapshot.key != transition.key:
         raise StoreError(
-            f"transition of rule {_preview(rule_id)} carries the snapshot of another group"
-            f" (rule {_preview(snapshot.rule_id)}, key {snapshot.key!r}). The snapshot must be"
+            f"transition of rule {preview(rule_id)} carries the snapshot of another group"
+            f" (rule {preview(snapshot.rule_id)}, key {snapshot.key!r}). The snapshot must be"
             " of the transition's own rule and key"
         )
     for field_name, value in transition.group:
-        _check_text(f"group field name of rule {_preview(rule_id)}", field_name)
+        check_text(f"group field name of rule {preview(rule_id)}", field_name)
         if value is not None:
-            _check_text(f"group value of rule {_preview(rule_id)}", value)
-    at = _check_time("transition at", transition.at)
+            check_text(f"group value of rule {preview(rule_id)}", value)
+    at = check_time("transition at", transition.at)
     try:
         kind = TransitionKind(transition.kind).value
     except ValueError as exc:
         raise StoreError(
-            f"invalid transition kind {transition.kind!r} of rule {_preview(rule_id)}: expected"
+            f"invalid transition kind {transition.kind!r} of rule {preview(rule_id)}: expected"
             f" one of {[k.value for k in TransitionKind]}"
         ) from exc
 
@@ -651,7 +588,7 @@ def _history_params(tenant: str, rule_group: str, transition: Transition) -> tup
         details = transition.as_dict()
     except (OverflowError, OSError, ValueError) as exc:
         raise StoreError(
-            f"invalid transition at {at!r} of rule {_preview(rule_id)}: not a representable UTC"
+            f"invalid transition at {at!r} of rule {preview(rule_id)}: not a representable UTC"
             f" time ({exc})"
         ) from exc
     details["captures"] = transition.captures
@@ -661,7 +598,7 @@ def _history_params(tenant: str, rule_group: str, transition: Transition) -> tup
         details_json = orjson.dumps(details, default=str, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError as exc:
         raise StoreError(
-            f"details of a transition of rule {_preview(rule_id)} cannot be encoded as JSON: {exc}"
+            f"details of a transition of rule {preview(rule_id)} cannot be encoded as JSON: {exc}"
         ) from exc
 
     return (
@@ -672,7 +609,7 @@ def _history_params(tenant: str, rule_group: str, transition: Transition) -> tup
         rule_id,
         orjson.dumps(dict(transition.group)).decode(),
         kind,
-        _check_int64("transition count", transition.count),
+        check_int64("transition count", transition.count),
         details_json.decode(),
     )
 
