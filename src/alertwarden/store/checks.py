@@ -7,10 +7,11 @@ never refused by the other.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import orjson
 
-from alertwarden.engine.records import GroupKey
+from alertwarden.engine.records import GroupKey, Transition, TransitionKind
 from alertwarden.errors import StoreError
 
 PREVIEW_CHARS = 60
@@ -91,3 +92,40 @@ def decode_key(text: str) -> GroupKey:
     if not isinstance(values, list) or not all(v is None or isinstance(v, str) for v in values):
         raise ValueError(f"group_key {text[:PREVIEW_CHARS]!r} is not a JSON array of strings")
     return tuple(values)
+
+
+def check_transition(transition: Transition) -> tuple[str, float, str, dict[str, Any]]:
+    """Check a transition before it is stored; return its rule id, time, kind and details.
+
+    The details are the transition's JSON form plus the regex captures of the event that made
+    it, which the history keeps for rendering notifications again.
+    """
+    rule_id = check_text("rule_id", transition.rule_id)
+    snapshot = transition.snapshot
+    if snapshot.rule_id != rule_id or snapshot.key != transition.key:
+        raise StoreError(
+            f"transition of rule {preview(rule_id)} carries the snapshot of another group"
+            f" (rule {preview(snapshot.rule_id)}, key {snapshot.key!r}). The snapshot must be"
+            " of the transition's own rule and key"
+        )
+    for field_name, value in transition.group:
+        check_text(f"group field name of rule {preview(rule_id)}", field_name)
+        if value is not None:
+            check_text(f"group value of rule {preview(rule_id)}", value)
+    at = check_time("transition at", transition.at)
+    try:
+        kind = TransitionKind(transition.kind).value
+    except ValueError as exc:
+        raise StoreError(
+            f"invalid transition kind {transition.kind!r} of rule {preview(rule_id)}: expected"
+            f" one of {[k.value for k in TransitionKind]}"
+        ) from exc
+    try:
+        details = transition.as_dict()
+    except (OverflowError, OSError, ValueError) as exc:
+        raise StoreError(
+            f"invalid transition at {at!r} of rule {preview(rule_id)}: not a representable UTC"
+            f" time ({exc})"
+        ) from exc
+    details["captures"] = transition.captures
+    return rule_id, at, kind, details

@@ -36,7 +36,6 @@ from alertwarden.engine.records import (
     GroupSnapshot,
     GroupStatus,
     Transition,
-    TransitionKind,
 )
 from alertwarden.errors import StoreError
 from alertwarden.store.base import HistoryRecord, StoredState
@@ -49,6 +48,7 @@ from alertwarden.store.checks import (
     check_scope,
     check_text,
     check_time,
+    check_transition,
     decode_key,
     encode_key,
     preview,
@@ -1150,34 +1150,7 @@ def _history_columns(
         for name in ("at_s", "rule_id", "group_key", "kind", "count", "transition_id", "details")
     }
     for transition in transitions:
-        rule_id = check_text("rule_id", transition.rule_id)
-        snapshot = transition.snapshot
-        if snapshot.rule_id != rule_id or snapshot.key != transition.key:
-            raise StoreError(
-                f"transition of rule {preview(rule_id)} carries the snapshot of another group"
-                f" (rule {preview(snapshot.rule_id)}, key {snapshot.key!r}). The snapshot must"
-                " be of the transition's own rule and key"
-            )
-        for field_name, value in transition.group:
-            check_text(f"group field name of rule {preview(rule_id)}", field_name)
-            if value is not None:
-                check_text(f"group value of rule {preview(rule_id)}", value)
-        at = check_time("transition at", transition.at)
-        try:
-            kind = TransitionKind(transition.kind).value
-        except ValueError as exc:
-            raise StoreError(
-                f"invalid transition kind {transition.kind!r} of rule {preview(rule_id)}:"
-                f" expected one of {[k.value for k in TransitionKind]}"
-            ) from exc
-        try:
-            details = transition.as_dict()
-        except (OverflowError, OSError, ValueError) as exc:
-            raise StoreError(
-                f"invalid transition at {at!r} of rule {preview(rule_id)}: not a representable"
-                f" UTC time ({exc})"
-            ) from exc
-        details["captures"] = transition.captures
+        rule_id, at, kind, details = check_transition(transition)
 
         columns["at_s"].append(at)
         columns["rule_id"].append(rule_id)

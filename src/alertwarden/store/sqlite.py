@@ -27,7 +27,6 @@ from alertwarden.engine.records import (
     GroupSnapshot,
     GroupStatus,
     Transition,
-    TransitionKind,
 )
 from alertwarden.errors import StoreError
 from alertwarden.store.base import HistoryRecord, StoredState
@@ -38,6 +37,7 @@ from alertwarden.store.checks import (
     check_scope,
     check_text,
     check_time,
+    check_transition,
     decode_key,
     encode_key,
     preview,
@@ -563,35 +563,7 @@ def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
 
 
 def _history_params(tenant: str, rule_group: str, transition: Transition) -> tuple[Any, ...]:
-    rule_id = check_text("rule_id", transition.rule_id)
-    snapshot = transition.snapshot
-    if snapshot.rule_id != rule_id or snapshot.key != transition.key:
-        raise StoreError(
-            f"transition of rule {preview(rule_id)} carries the snapshot of another group"
-            f" (rule {preview(snapshot.rule_id)}, key {snapshot.key!r}). The snapshot must be"
-            " of the transition's own rule and key"
-        )
-    for field_name, value in transition.group:
-        check_text(f"group field name of rule {preview(rule_id)}", field_name)
-        if value is not None:
-            check_text(f"group value of rule {preview(rule_id)}", value)
-    at = check_time("transition at", transition.at)
-    try:
-        kind = TransitionKind(transition.kind).value
-    except ValueError as exc:
-        raise StoreError(
-            f"invalid transition kind {transition.kind!r} of rule {preview(rule_id)}: expected"
-            f" one of {[k.value for k in TransitionKind]}"
-        ) from exc
-
-    try:
-        details = transition.as_dict()
-    except (OverflowError, OSError, ValueError) as exc:
-        raise StoreError(
-            f"invalid transition at {at!r} of rule {preview(rule_id)}: not a representable UTC"
-            f" time ({exc})"
-        ) from exc
-    details["captures"] = transition.captures
+    rule_id, at, kind, details = check_transition(transition)
     try:
         # Captures come from event fields and may hold any type, so unknown types are stored as
         # their str() instead of failing the transition.
