@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alertwarden.errors import ConfigError, EventError
-from alertwarden.events import Signal
+from alertwarden.events import Signal, SkipReason
 from alertwarden.sources.formats import YearInferringParser, make_parser, seed_last_time
 from alertwarden.sources.regex import RegexParser
 
@@ -115,3 +115,13 @@ def test_seed_ignored_without_year_inference(options: dict, line: bytes) -> None
     seed_last_time(parser, JANUARY_2024_S)
     assert not isinstance(parser, YearInferringParser)
     assert parser.parse(line).time_s == BASE_S
+
+
+def test_regex_pattern_backtracking_is_bounded() -> None:
+    parser = make_parser(
+        "regex", pattern=r"^(?P<timestamp>(a|aa)+)$", time_format=None, year=None, timezone="UTC"
+    )
+
+    with pytest.raises(EventError, match="was stopped") as raised:
+        parser.parse(b"a" * 40 + b"!")
+    assert raised.value.reason == SkipReason.MALFORMED

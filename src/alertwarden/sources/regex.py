@@ -6,10 +6,17 @@ import re
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
+import regex
+
 from alertwarden.errors import ConfigError, EventError
 from alertwarden.events import Event, Signal, SkipReason
+from alertwarden.rules.match import REGEX_TIMEOUT_S
 from alertwarden.sources.syslog import decode_utf8
-from alertwarden.sources.timestamps import bad_timestamp, check_range, parse_timestamp_text
+from alertwarden.sources.timestamps import (
+    bad_timestamp,
+    check_range,
+    parse_timestamp_text,
+)
 
 TIME_GROUPS = ("timestamp", "time")
 _YEAR_DIRECTIVES = ("%Y", "%y", "%G")
@@ -33,8 +40,11 @@ class RegexParser:
         tz: tzinfo = UTC,
     ) -> None:
         try:
-            self.regex = re.compile(pattern)
-        except re.error as exc:
+            # re checks the syntax, so accepted patterns and messages match Python's re; the
+            # regex package runs the search, because only it can stop a search that backtracks.
+            re.compile(pattern)
+            self.regex = regex.compile(pattern)
+        except (re.error, regex.error) as exc:
             raise ConfigError(f"invalid --pattern {pattern!r}: {exc}") from None
         groups = self.regex.groupindex
         time_group = next((name for name in TIME_GROUPS if name in groups), None)
@@ -53,7 +63,14 @@ class RegexParser:
 
     def parse(self, line: bytes) -> Event:
         text = decode_utf8(line)
-        match = self.regex.search(text)
+        try:
+            match = self.regex.search(text, timeout=REGEX_TIMEOUT_S)
+        except TimeoutError:
+            raise EventError(
+                SkipReason.MALFORMED,
+                f"--pattern took longer than {REGEX_TIMEOUT_S * 1000:.0f} ms on this line and "
+                f"was stopped; simplify nested repeats in the pattern: {_preview(text)}",
+            ) from None
         if match is None:
             raise EventError(
                 SkipReason.MALFORMED,
