@@ -1,0 +1,517 @@
+"""NATS JetStream input and publisher: one tenant's log and event subjects, read by stream sequence.
+
+A record's offset is its stream sequence, so a checkpoint offset is the sequence of the first
+message not yet applied, and `JetStreamInput(..., start_sequence=offset)` resumes exactly there.
+The input reads through an ephemeral pull consumer without acknowledgements: the checkpoint,
+not the server, stores the position, so the consumer can be dropped and re-created at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Self
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from alertwarden.errors import ConfigError, EventError
+from alertwarden.events import Signal, SkipReason
+from alertwarden.logs import get_logger
+
+log = get_logger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+"""Header that JetStream uses to drop a repeated publish within the stream's duplicate window."""
+
+TENANT_PLACEHOLDER = "{tenant}"
+MAX_TENANT_LENGTH = 64
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
+"""Largest accepted message payload (1 MiB, the default `max_payload` of nats-server)."""
+
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 30.0
+
+_FORBIDDEN_TOKEN_CHARS = re.compile(r"[.*>\s]")
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamSettings:
+    """Connection, stream and consumer settings of the JetStream input.
+
+    Each subject pattern contains `{tenant}` as one whole token, which the tenant id replaces.
+    """
+
+    url: str = "nats://127.0.0.1:4222"
+    stream: str = "ALERTWARDEN"
+    logs_subject: str = "logs.{tenant}.>"
+    events_subject: str = "events.{tenant}.>"
+    max_age_s: float = 7 * 86400.0
+    max_bytes: int = 10 * 1024**3
+    duplicate_window_s: float = 120.0
+    fetch_batch: int = 256
+    fetch_timeout_s: float = 5.0
+    consumer_inactive_s: float = 300.0
+    """Idle time after which the server deletes an abandoned ephemeral consumer."""
+    publish_token: str = "ingest"
+    """Token that replaces the `>` or `*` wildcard of a pattern in the subject of a publish."""
+    publish_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("logs_subject", "events_subject"):
+            _check_pattern(name, getattr(self, name))
+        if not self.stream or _FORBIDDEN_TOKEN_CHARS.search(self.stream):
+            raise ConfigError(
+                f"invalid stream name {self.stream!r}: use a non-empty name without '.', '*', '>' "
+                "or whitespace"
+            )
+        _check_token("publish_token", self.publish_token)
+        for name in (
+            "max_age_s",
+            "duplicate_window_s",
+            "fetch_timeout_s",
+            "consumer_inactive_s",
+            "publish_timeout_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(
+                    f"invalid {name} {getattr(self, name)!r}: use a number of seconds above 0"
+                )
+        for name in ("max_bytes", "fetch_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"invalid {name} {getattr(self, name)!r}: use an integer of at least 1"
+                )
+
+    def pattern(self, signal: Signal) -> str:
+        if signal is Signal.LOGS:
+            return self.logs_subject
+        if signal is Signal.EVENTS:
+            return self.events_subject
+        raise ValueError(f"invalid signal {signal.value!r} for a subject: use logs or events")
+
+
+def _check_token(name: str, value: str) -> None:
+    if not value or _FORBIDDEN_TOKEN_CHARS.search(value):
+        raise ConfigError(
+            f"invalid {name} {value!r}: use a non-empty subject token without '.', '*', '>' or whitespace"
+        )
+
+
+def _check_pattern(name: str, pattern: str) -> None:
+    tokens = pattern.split(".")
+    if tokens.count(TENANT_PLACEHOLDER) != 1 or pattern.count(TENANT_PLACEHOLDER) != 1:
+        raise ConfigError(
+            f"invalid {name} {pattern!r}: it needs {TENANT_PLACEHOLDER} exactly once, as a whole token "
+            "such as logs.{tenant}.>"
+        )
+    for index, token in enumerate(tokens):
+        last = index == len(tokens) - 1
+        if token in (TENANT_PLACEHOLDER, "*") or (token == ">" and last):
+            continue
+        if not token or _FORBIDDEN_TOKEN_CHARS.search(token):
+            raise ConfigError(
+                f"invalid {name} {pattern!r}: token {token!r} is not a subject token; '>' may only "
+                "be the last token"
+            )
+
+
+def validate_tenant(tenant: str) -> str:
+    """Return `tenant` when it is usable as one subject token; raise ConfigError otherwise."""
+    if not isinstance(tenant, str) or not tenant:
+        raise ConfigError(f"invalid tenant id {tenant!r}: use a non-empty string")
+    if len(tenant) > MAX_TENANT_LENGTH:
+        raise ConfigError(
+            f"invalid tenant id {tenant!r}: it is {len(tenant)} characters long, over the limit of "
+            f"{MAX_TENANT_LENGTH}"
+        )
+    if _FORBIDDEN_TOKEN_CHARS.search(tenant):
+        raise ConfigError(
+            f"invalid tenant id {tenant!r}: a tenant id is one NATS subject token, so it cannot "
+            "contain '.', '*', '>' or whitespace"
+        )
+    return tenant
+
+
+def tenant_subject(settings: JetStreamSettings, tenant: str, signal: Signal) -> str:
+    """Return the subject pattern of one tenant and signal, such as `logs.acme.>`."""
+    return settings.pattern(signal).replace(TENANT_PLACEHOLDER, validate_tenant(tenant))
+
+
+def tenant_subjects(settings: JetStreamSettings, tenant: str) -> tuple[str, str]:
+    """Return the logs and events subject patterns of one tenant."""
+    return tenant_subject(settings, tenant, Signal.LOGS), tenant_subject(
+        settings, tenant, Signal.EVENTS
+    )
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Return True when the concrete `subject` matches `pattern` with NATS wildcards.
+
+    A pattern also matches another pattern that it covers, such as `logs.>` and `logs.a.>`.
+    """
+    pattern_tokens = pattern.split(".")
+    subject_tokens = subject.split(".")
+    for index, token in enumerate(pattern_tokens):
+        if token == ">":
+            return len(subject_tokens) > index
+        if index >= len(subject_tokens):
+            return False
+        if token != "*" and token != subject_tokens[index]:
+            return False
+    return len(subject_tokens) == len(pattern_tokens)
+
+
+async def ensure_stream(
+    js: JetStreamContext, settings: JetStreamSettings, subjects: Iterable[str]
+) -> list[str]:
+    """Create the stream with `subjects`, or add those that an existing stream does not cover.
+
+    Build `subjects` with `tenant_subjects`, which validates the tenant id. A new stream uses
+    file storage, limits retention and the max age, max bytes and duplicate window of
+    `settings`. The limits of an existing stream are left as they are. Returns the stream's
+    subjects afterwards.
+    """
+    requested = list(dict.fromkeys(subjects))
+    for subject in requested:
+        if "" in subject.split(".") or re.search(r"\s", subject):
+            raise ConfigError(
+                f"invalid subject {subject!r}: use non-empty tokens without whitespace"
+            )
+
+    try:
+        info = await js.stream_info(settings.stream)
+    except nats.js.errors.NotFoundError:
+        config = StreamConfig(
+            name=settings.stream,
+            subjects=requested,
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=settings.max_age_s,
+            max_bytes=settings.max_bytes,
+            duplicate_window=settings.duplicate_window_s,
+        )
+        created = await js.add_stream(config=config)
+        log.info("jetstream stream created", stream=settings.stream, subjects=requested)
+        return list(created.config.subjects or [])
+
+    existing = list(info.config.subjects or [])
+    missing = [s for s in requested if not any(subject_matches(have, s) for have in existing)]
+    if not missing:
+        return existing
+    info.config.subjects = existing + missing
+    updated = await js.update_stream(config=info.config)
+    log.info("jetstream stream subjects added", stream=settings.stream, added=missing)
+    return list(updated.config.subjects or [])
+
+
+class StreamMessage(NamedTuple):
+    """One JetStream message of the tenant.
+
+    `offset` is the stream sequence and `end_offset` the sequence after it, the checkpoint
+    offset once this message is applied. `msg_id` is the `Nats-Msg-Id` header, or None.
+    """
+
+    offset: int
+    end_offset: int
+    subject: str
+    signal: Signal
+    data: bytes
+    msg_id: str | None
+
+
+class OversizedMessage(NamedTuple):
+    """A message over the input's size limit; its payload is not kept."""
+
+    offset: int
+    end_offset: int
+    subject: str
+    signal: Signal
+    length_bytes: int
+    max_message_bytes: int
+
+    def error(self) -> EventError:
+        """Return the skip error the engine counts for this message."""
+        return EventError(
+            SkipReason.OVERSIZED,
+            f"message at stream sequence {self.offset} on {self.subject} is {self.length_bytes} bytes "
+            f"long, over the limit of {self.max_message_bytes} bytes; raise the limit or split the record",
+        )
+
+
+StreamRecord = StreamMessage | OversizedMessage
+
+
+class JetStreamInput:
+    """One tenant's log and event subjects, read in stream order from a start sequence.
+
+    `start_sequence` is a checkpoint offset: the first message delivered is the tenant's first
+    message at or after it, and 0 or 1 read from the start of the stream. `next_sequence`
+    is the sequence after the last message received, of any subject, and a re-created consumer
+    starts there. Messages of other subjects are dropped on receipt and never returned, even
+    when the server ignores the consumer's subject filter.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        settings: JetStreamSettings,
+        tenant: str,
+        start_sequence: int = 0,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if start_sequence < 0:
+            raise ValueError(f"invalid start_sequence {start_sequence}: use 0 or a stream sequence")
+        if max_message_bytes < 1:
+            raise ValueError(f"invalid max_message_bytes {max_message_bytes}: use at least 1")
+        self.js = js
+        self.settings = settings
+        self.tenant = validate_tenant(tenant)
+        self.name = f"jetstream:{settings.stream}:{tenant}"
+        self.max_message_bytes = max_message_bytes
+        self.next_sequence = max(start_sequence, 1)
+        self.subjects = {
+            Signal.LOGS: tenant_subject(settings, tenant, Signal.LOGS),
+            Signal.EVENTS: tenant_subject(settings, tenant, Signal.EVENTS),
+        }
+        self.oversized_messages = 0
+        self.other_subject_messages = 0
+        """Messages of subjects outside the tenant's, received only when the server ignores filters."""
+        self.consumer_restarts = 0
+        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._consumer: str | None = None
+        self._retry_s = RETRY_INITIAL_S
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Unsubscribe and delete the consumer. If the delete fails, the server removes it when idle."""
+        subscription, consumer = self._subscription, self._consumer
+        self._subscription = None
+        self._consumer = None
+        if subscription is not None:
+            try:
+                await subscription.unsubscribe()
+            except nats.errors.Error as error:
+                log.debug("jetstream unsubscribe failed", input=self.name, error=str(error))
+        if consumer is not None:
+            try:
+                await self.js.delete_consumer(self.settings.stream, consumer)
+            except (TimeoutError, nats.errors.Error) as error:
+                log.debug(
+                    "jetstream consumer delete failed",
+                    input=self.name,
+                    consumer=consumer,
+                    error=str(error),
+                )
+
+    async def records(self) -> AsyncIterator[StreamRecord]:
+        """Yield the tenant's messages without end, waiting for new ones."""
+        while True:
+            for record in await self.fetch_batch():
+                yield record
+
+    async def fetch_batch(self) -> list[StreamRecord]:
+        """Return the next messages in stream order, or an empty list after the fetch timeout.
+
+        A failed fetch (server restart, lost consumer, reconnect) is logged, and the consumer
+        is re-created at `next_sequence` after a delay that doubles on each failure in a row,
+        up to RETRY_MAX_S. This repeats within the call, so an empty list always means that
+        the input has caught up. A closed connection raises ConnectionClosedError.
+        """
+        while True:
+            try:
+                subscription = await self._open()
+                messages = await subscription.fetch(
+                    self.settings.fetch_batch, timeout=self.settings.fetch_timeout_s
+                )
+            except TimeoutError:
+                # Includes nats.errors.TimeoutError. No message arrived, which is also what a
+                # fetch on a consumer that the server deleted looks like, so check that it exists.
+                if await self._consumer_exists():
+                    return []
+                continue
+            except nats.errors.ConnectionClosedError:
+                raise
+            except nats.errors.Error as error:
+                await self._recover(error)
+                continue
+
+            self._retry_s = RETRY_INITIAL_S
+            records = [record for m in messages if (record := self._accept(m)) is not None]
+            # A batch of only other tenants' messages is no sign of having caught up.
+            if records:
+                return records
+
+    def _accept(self, message: Msg) -> StreamRecord | None:
+        sequence = message.metadata.sequence.stream
+        # A consumer delivers in stream order, so a lower sequence can only be a message that a
+        # replaced consumer had already sent.
+        if sequence < self.next_sequence:
+            return None
+        self.next_sequence = sequence + 1
+
+        signal = self._signal_of(message.subject)
+        if signal is None:
+            self.other_subject_messages += 1
+            return None
+        if len(message.data) > self.max_message_bytes:
+            self.oversized_messages += 1
+            return OversizedMessage(
+                sequence,
+                sequence + 1,
+                message.subject,
+                signal,
+                len(message.data),
+                self.max_message_bytes,
+            )
+        headers = message.headers or {}
+        return StreamMessage(
+            sequence,
+            sequence + 1,
+            message.subject,
+            signal,
+            message.data,
+            headers.get(MSG_ID_HEADER),
+        )
+
+    def _signal_of(self, subject: str) -> Signal | None:
+        for signal, pattern in self.subjects.items():
+            if subject_matches(pattern, subject):
+                return signal
+        return None
+
+    async def _open(self) -> JetStreamContext.PullSubscription:
+        if self._subscription is not None:
+            return self._subscription
+
+        patterns = list(self.subjects.values())
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=self.settings.consumer_inactive_s,
+            filter_subjects=patterns,
+        )
+        if self.next_sequence <= 1:
+            config.deliver_policy = DeliverPolicy.ALL
+        else:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = self.next_sequence
+
+        info = await self.js.add_consumer(self.settings.stream, config=config)
+        if not info.config.filter_subjects:
+            # nats-server before 2.10 (seen with 2.9.10) ignores filter_subjects and sends the
+            # whole stream. _accept drops the other subjects, so the result is the same.
+            # NOTE: every input then receives every tenant's messages; use nats-server 2.10 or
+            # later when a stream carries many tenants.
+            log.debug(
+                "jetstream server ignored filter_subjects", input=self.name, subjects=patterns
+            )
+        self._consumer = info.name
+        self._subscription = await self.js.pull_subscribe_bind(
+            consumer=info.name, stream=self.settings.stream
+        )
+        await self._warn_on_gap()
+        return self._subscription
+
+    async def _warn_on_gap(self) -> None:
+        if self.next_sequence <= 1:
+            return
+        state = (await self.js.stream_info(self.settings.stream)).state
+        if state.messages > 0 and state.first_seq > self.next_sequence:
+            log.warning(
+                "jetstream messages expired before they were read; resuming at the stream's first message",
+                input=self.name,
+                expected_sequence=self.next_sequence,
+                first_sequence=state.first_seq,
+            )
+        elif self.next_sequence > state.last_seq + 1:
+            log.warning(
+                "jetstream start sequence is past the end of the stream; if the stream was re-created, "
+                "reset the checkpoint to read its messages",
+                input=self.name,
+                expected_sequence=self.next_sequence,
+                last_sequence=state.last_seq,
+            )
+
+    async def _consumer_exists(self) -> bool:
+        """Return False, after dropping the consumer, when the server no longer has it."""
+        if self._subscription is None:
+            return False
+        try:
+            await self._subscription.consumer_info()
+        except (TimeoutError, nats.errors.Error) as error:
+            await self._recover(error)
+            return False
+        return True
+
+    async def _recover(self, error: BaseException) -> None:
+        log.warning(
+            "jetstream fetch failed; re-creating the consumer",
+            input=self.name,
+            next_sequence=self.next_sequence,
+            error=repr(error),
+            retry_in_s=self._retry_s,
+        )
+        await self.close()
+        self.consumer_restarts += 1
+        await asyncio.sleep(self._retry_s)
+        self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+
+
+class PublishedEvent(NamedTuple):
+    """Where one published event was stored, and whether JetStream dropped it as a repeat."""
+
+    event_id: str | None
+    sequence: int
+    duplicate: bool
+
+
+def publish_subject(settings: JetStreamSettings, tenant: str, signal: Signal) -> str:
+    """Return the concrete subject that events of one tenant and signal are published to."""
+    tokens = tenant_subject(settings, tenant, signal).split(".")
+    return ".".join(settings.publish_token if token in ("*", ">") else token for token in tokens)
+
+
+async def publish_events(
+    js: JetStreamContext,
+    settings: JetStreamSettings,
+    tenant: str,
+    signal: Signal,
+    events: Sequence[tuple[str | None, bytes]],
+) -> list[PublishedEvent]:
+    """Publish `(event id, payload)` pairs in order and return after JetStream stored each one.
+
+    An event id becomes the `Nats-Msg-Id` header, so the stream drops a repeat of the same id
+    within its duplicate window; that event is returned with `duplicate=True` and the sequence
+    of the first copy. An event without id is always stored.
+    """
+    subject = publish_subject(settings, tenant, signal)
+    results: list[PublishedEvent] = []
+    for event_id, data in events:
+        headers: dict[str, Any] | None = {MSG_ID_HEADER: event_id} if event_id else None
+        ack = await js.publish(
+            subject,
+            data,
+            timeout=settings.publish_timeout_s,
+            stream=settings.stream,
+            headers=headers,
+        )
+        results.append(PublishedEvent(event_id, ack.seq, bool(ack.duplicate)))
+    return results
