@@ -389,6 +389,7 @@ def _log_rule_counters(pipeline: RuleGroupPipeline) -> None:
             missing_key=stats.missing_key,
             skipped_missing_key=stats.skipped_missing_key,
             wrong_type_key=stats.wrong_type_key,
+            invalid_key=stats.invalid_key,
             capped=stats.capped,
             regex_timeouts=pipeline.rules[rule_id].regex_timeouts,
             live_groups=evaluator.group_count(rule_id),

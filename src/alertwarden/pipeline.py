@@ -81,7 +81,7 @@ class RuleGroupPipeline:
         self.output_closed = False
         # Counter values already logged, so each warning reports what is new since the last.
         self._reported_skew = 0
-        self._reported_drops: dict[str, tuple[int, int, int]] = {}
+        self._reported_drops: dict[str, tuple[int, int, int, int]] = {}
         self.resume_offset = 0
         self._flushed_bucket: int | None = None
         self._last_offset = 0
@@ -245,11 +245,11 @@ class RuleGroupPipeline:
             self._log.warning("events_clock_skewed", count=skew, total=engine_stats.clock_skew)
             self._reported_skew = engine_stats.clock_skew
         for rule_id, stats in engine_stats.rules.items():
-            current = (stats.late, stats.capped, stats.wrong_type_key)
-            before = self._reported_drops.get(rule_id, (0, 0, 0))
+            current = (stats.late, stats.capped, stats.wrong_type_key, stats.invalid_key)
+            before = self._reported_drops.get(rule_id, (0, 0, 0, 0))
             if current == before:
                 continue
-            late, capped, wrong_type = (now - then for now, then in zip(current, before))
+            late, capped, wrong_type, invalid = (now - then for now, then in zip(current, before))
             self._reported_drops[rule_id] = current
             self._log.warning(
                 "events_dropped",
@@ -257,6 +257,7 @@ class RuleGroupPipeline:
                 late=late,
                 capped=capped,
                 wrong_type_key=wrong_type,
+                invalid_key=invalid,
                 live_groups=self.evaluator.group_count(rule_id),
             )
 

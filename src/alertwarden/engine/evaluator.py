@@ -81,6 +81,7 @@ class RuleStats:
     missing_key: int = 0
     skipped_missing_key: int = 0
     wrong_type_key: int = 0
+    invalid_key: int = 0
     capped: int = 0
     groups_opened: int = 0
     transitions: Counter[str] = field(default_factory=Counter)
@@ -108,6 +109,13 @@ class RestoreReport:
 
 
 _WRONG_TYPE = object()
+
+MAX_KEY_CHARS = 400
+"""Longest group key, in characters of all its values together. Longer keys, and values with a
+NUL byte, cannot be stored (a PostgreSQL btree index row holds at most 2704 bytes, and neither
+SQLite nor PostgreSQL text holds NUL), so such events skip the rule and count as invalid_key."""
+MAX_CAPTURE_CHARS = 1024
+"""Longest regex capture kept with a transition for rendering annotations."""
 
 
 class _RuleDispatch:
@@ -397,10 +405,11 @@ class Evaluator:
         rule = state.rule
         if state.single_path is not None and not captures:
             raw = state.single_path.get(fields)
-            if raw.__class__ is str and raw:
+            if raw.__class__ is str and raw and len(raw) <= MAX_KEY_CHARS and "\x00" not in raw:
                 return (raw,)
         values: list[str | None] = []
         missing = False
+        key_chars = 0
         for name, path in zip(rule.group_by, rule.group_by_paths):
             raw = captures[name] if name in captures else path.get(fields)
             value = _key_value(raw)
@@ -409,6 +418,11 @@ class Evaluator:
                 return None
             if value is None:
                 missing = True
+            else:
+                key_chars += len(value)
+                if key_chars > MAX_KEY_CHARS or "\x00" in value:
+                    state.stats.invalid_key += 1
+                    return None
             values.append(value)
         if missing:
             if rule.on_missing_key == "skip":
@@ -494,7 +508,7 @@ class Evaluator:
             threshold=rule.threshold,
             window_s=rule.window_s,
             snapshot=self._snapshot(state, slot, self._step),
-            captures=dict(captures) if captures else {},
+            captures=_storable_captures(captures) if captures else {},
         )
 
     # --------------------------------------------------------------- ticks
@@ -755,6 +769,19 @@ def _reset_transition(rule: RuleLike, snap: GroupSnapshot, at: float) -> Transit
         snapshot=snap,
         reason="rule window or bucket changed; the group starts afresh",
     )
+
+
+def _storable_captures(captures: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy captures for a transition, without NUL bytes and cut to MAX_CAPTURE_CHARS.
+
+    They end up in the history's JSON details, which PostgreSQL cannot store with a NUL in them.
+    """
+    cleaned: dict[str, Any] = {}
+    for name, value in captures.items():
+        if isinstance(value, str):
+            value = value.replace("\x00", "\ufffd")[:MAX_CAPTURE_CHARS]
+        cleaned[name] = value
+    return cleaned
 
 
 def _key_value(raw: Any) -> Any:
