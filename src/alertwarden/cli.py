@@ -252,6 +252,20 @@ def migrate(
         typer.echo(f"applied migrations: {', '.join(str(version) for version in applied)}")
     else:
         typer.echo("schema is up to date")
+    with _exit_on_error():
+        stored = asyncio.run(_stored_history_settings(database))
+    requested = {
+        "compress_after_s": parse_duration(compress_after),
+        "retention_s": parse_duration(history_retention),
+    }
+    for name, value in requested.items():
+        if stored.get(name) != value:
+            typer.echo(
+                f"warning: {name} is {stored.get(name)} in this database, not {value}: history "
+                "settings apply only when the history step first runs; change the TimescaleDB "
+                "policies or alertwarden_settings by hand to change them",
+                err=True,
+            )
 
 
 @rules_app.command("check")
@@ -326,6 +340,17 @@ async def _run(
         await sink.close()
         for remote in remote_sinks:
             await remote.close()
+        await store.close()
+
+
+async def _stored_history_settings(url: str) -> dict[str, int]:
+    """Read the history settings a migration recorded in alertwarden_settings."""
+    store = PostgresStore(url, pool_max=1)
+    await store.open()
+    try:
+        settings = store.settings
+        return {"compress_after_s": settings.compress_after_s, "retention_s": settings.retention_s}
+    finally:
         await store.close()
 
 

@@ -49,8 +49,11 @@ def check_text(field: str, value: object) -> str:
 
 
 def check_scope(tenant: str, rule_group: str) -> None:
-    check_text("tenant", tenant)
-    check_text("rule_group", rule_group)
+    for field, value in (("tenant", tenant), ("rule_group", rule_group)):
+        check_text(field, value)
+        if not value:
+            # An unset shell variable in `--tenant "$TENANT"` must not create a nameless tenant.
+            raise StoreError(f"invalid {field} '': must not be empty")
 
 
 def check_int(field: str, value: object, low: int, high: int) -> int:

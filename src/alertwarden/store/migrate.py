@@ -201,7 +201,7 @@ def _verify(
             if not name.endswith(f"_{backend.value}"):
                 raise StoreError(
                     f"history_backend {backend.value!r} was requested, but the database was"
-                    f" migrated with {name!r}: pass history_backend='auto' or use another database"
+                    f" migrated with {name!r}: use --history-backend auto (history_backend='auto') or another database"
                 )
 
 
@@ -216,6 +216,6 @@ async def _resolve_backend(conn: psycopg.AsyncConnection, backend: HistoryBacken
     if backend is HistoryBackend.TIMESCALEDB and not available:
         raise StoreError(
             "history_backend 'timescaledb' was requested, but the timescaledb extension is not"
-            " available on this server: install it or pass history_backend='partitioned'"
+            " available on this server: install it or use --history-backend partitioned (history_backend='partitioned')"
         )
     return backend
