@@ -546,18 +546,20 @@ HOSTILE_STRINGS = [
 
 @pytest.mark.parametrize("text", HOSTILE_STRINGS, ids=range(len(HOSTILE_STRINGS)))
 async def test_hostile_strings_round_trip(store: SQLiteStore, db_path: Path, text: str) -> None:
+    # Tenant and rule group ids must not be empty; every other field takes "" as well.
+    scope = text or "scope"
     state = snapshot(text, (text, None, "plain"))
     marker = Checkpoint(source=text, offset=1, position=2, now=None, ticked={text: 3})
-    await store.flush(text, text, FlushBatch([state], [], marker))
+    await store.flush(scope, scope, FlushBatch([state], [], marker))
     fired = transition(state, fields=(text, "b", "c"))
-    await store.record_transitions(text, text, [fired])
+    await store.record_transitions(scope, scope, [fired])
 
-    loaded = await store.load(text, text)
+    loaded = await store.load(scope, scope)
     assert loaded.groups == {text: [state]}
     assert loaded.checkpoint == marker
-    [record] = await store.history(text, rule_id=text)
-    assert record.tenant == text
-    assert record.rule_group == text
+    [record] = await store.history(scope, rule_id=text)
+    assert record.tenant == scope
+    assert record.rule_group == scope
     assert record.group == {text: text, "b": None, "c": "plain"}
 
     conn = raw_connect(db_path)
@@ -568,6 +570,14 @@ async def test_hostile_strings_round_trip(store: SQLiteStore, db_path: Path, tex
         conn.close()
     assert {"groups", "checkpoints", "history"} <= tables
     assert history_rows == 1
+
+
+@pytest.mark.parametrize(("tenant", "rule_group"), [("", RULE_GROUP), (TENANT, "")], ids=["tenant", "rule_group"])
+async def test_empty_scope_rejected(store: SQLiteStore, tenant: str, rule_group: str) -> None:
+    with pytest.raises(StoreError, match="must not be empty"):
+        await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint()))
+    with pytest.raises(StoreError, match="must not be empty"):
+        await store.load(tenant, rule_group)
 
 
 NUL_CASES = {
@@ -653,7 +663,7 @@ _snapshots = st.builds(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tenant=_text, snapshots=st.lists(_snapshots, max_size=6))
+@given(tenant=_text.filter(bool), snapshots=st.lists(_snapshots, max_size=6))
 def test_snapshot_round_trip_property(tenant: str, snapshots: list[GroupSnapshot]) -> None:
     # One row per identity, because a later duplicate in a batch replaces the earlier one.
     unique = list({(s.rule_id, s.key): s for s in snapshots}.values())
