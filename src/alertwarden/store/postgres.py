@@ -736,6 +736,245 @@ class PostgresStore:
                     yield conn
 
 
+    # ------------------------------------------------------------ REST API
+
+    async def ping(self) -> None:
+        """Run one trivial query; raises StoreError when the server cannot be reached."""
+        async with self._transaction("ping") as conn:
+            await conn.execute("SELECT 1")
+
+    async def create_tenant(self, tenant: str) -> bool:
+        """Insert the tenant with its flag off unless it exists; return True when it was inserted."""
+        check_text("tenant", tenant)
+        async with self._transaction("create_tenant") as conn:
+            cursor = await conn.execute(
+                "INSERT INTO tenants (tenant_id) VALUES (%s) ON CONFLICT DO NOTHING", (tenant,)
+            )
+            return cursor.rowcount == 1
+
+    async def tenant_flag(self, tenant: str) -> bool | None:
+        """Return the tenant's stateful_rules flag, or None when the tenant does not exist."""
+        check_text("tenant", tenant)
+        async with self._transaction("tenant_flag") as conn:
+            cursor = await conn.execute(
+                "SELECT stateful_rules FROM tenants WHERE tenant_id = %s", (tenant,)
+            )
+            row = await cursor.fetchone()
+        return None if row is None else bool(row[0])
+
+    async def insert_api_token(
+        self, tenant: str, token_id: str, name: str, salt: bytes, secret_sha256: bytes
+    ) -> datetime:
+        """Store a new API token of an existing tenant and return its creation time."""
+        check_text("tenant", tenant)
+        check_text("token name", name)
+        async with self._transaction("insert_api_token") as conn:
+            cursor = await conn.execute(
+                "INSERT INTO api_tokens (token_id, tenant_id, name, salt, secret_sha256)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING created_at",
+                (token_id, tenant, name, salt, secret_sha256),
+            )
+            row = await cursor.fetchone()
+        assert row is not None  # INSERT ... RETURNING returns its row or raises
+        created_at: datetime = row[0]
+        return created_at
+
+    async def active_api_token(self, token_id: str) -> tuple[str, bytes, bytes] | None:
+        """Return (tenant, salt, secret_sha256) of an unrevoked token, or None."""
+        check_text("token_id", token_id)
+        async with self._transaction("active_api_token") as conn:
+            cursor = await conn.execute(
+                "SELECT tenant_id, salt, secret_sha256 FROM api_tokens"
+                " WHERE token_id = %s AND revoked_at IS NULL",
+                (token_id,),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else (row[0], bytes(row[1]), bytes(row[2]))
+
+    async def list_api_tokens(self, tenant: str) -> list[tuple[str, str, datetime, datetime | None]]:
+        """Return (token_id, name, created_at, revoked_at) of the tenant's tokens, oldest first."""
+        check_text("tenant", tenant)
+        async with self._transaction("list_api_tokens") as conn:
+            cursor = await conn.execute(
+                "SELECT token_id, name, created_at, revoked_at FROM api_tokens"
+                " WHERE tenant_id = %s ORDER BY created_at, token_id",
+                (tenant,),
+            )
+            return list(await cursor.fetchall())
+
+    async def revoke_api_token(self, tenant: str, token_id: str) -> bool:
+        """Mark the tenant's token revoked; return False when it has no such unrevoked token."""
+        check_text("tenant", tenant)
+        check_text("token_id", token_id)
+        async with self._transaction("revoke_api_token") as conn:
+            cursor = await conn.execute(
+                "UPDATE api_tokens SET revoked_at = now()"
+                " WHERE tenant_id = %s AND token_id = %s AND revoked_at IS NULL",
+                (tenant, token_id),
+            )
+            return cursor.rowcount == 1
+
+    async def rule_definitions(
+        self, tenant: str, rule_id: str | None = None
+    ) -> list[tuple[str, str, dict[str, Any], bool, int, str, datetime]]:
+        """Return the tenant's rule definitions, or the one of `rule_id`, ordered by rule id.
+
+        Each row is (rule_id, rule_group, definition, enabled, version, source, updated_at).
+        """
+        check_text("tenant", tenant)
+        clause: LiteralString = "" if rule_id is None else " AND rule_id = %s"
+        params = [tenant] if rule_id is None else [tenant, check_text("rule_id", rule_id)]
+        async with self._transaction("rule_definitions") as conn:
+            cursor = await conn.execute(
+                "SELECT rule_id, rule_group, definition, enabled, version, source, updated_at"
+                " FROM rule_definitions WHERE tenant_id = %s" + clause + " ORDER BY rule_id",
+                params,
+            )
+            return list(await cursor.fetchall())
+
+    async def put_api_rule(
+        self,
+        tenant: str,
+        rule_id: str,
+        rule_group: str,
+        definition: dict[str, Any],
+        enabled: bool,
+        expected_version: int | None = None,
+    ) -> int | None:
+        """Insert or replace a rule definition with source 'api' and return its new version.
+
+        Every successful call adds exactly one to the version, even when nothing changed. With
+        expected_version the write happens only while the stored version equals it, and None is
+        returned otherwise, also when the rule does not exist (version 0 never matches). The row lock that the UPDATE and
+        ON CONFLICT DO UPDATE take makes concurrent writers of one rule run one after another.
+        """
+        check_scope(tenant, rule_group)
+        check_text("rule_id", rule_id)
+        encoded = _encode_json(f"definition of rule {preview(rule_id)}", definition)
+        async with self._transaction("put_api_rule") as conn:
+            if expected_version is None:
+                cursor = await conn.execute(
+                    "INSERT INTO rule_definitions"
+                    " (tenant_id, rule_id, rule_group, definition, enabled, source)"
+                    " VALUES (%s, %s, %s, %s::jsonb, %s, 'api')"
+                    " ON CONFLICT (tenant_id, rule_id) DO UPDATE SET"
+                    " rule_group = excluded.rule_group, definition = excluded.definition,"
+                    " enabled = excluded.enabled, source = 'api',"
+                    " version = rule_definitions.version + 1, updated_at = now()"
+                    " RETURNING version",
+                    (tenant, rule_id, rule_group, encoded, enabled),
+                )
+            else:
+                cursor = await conn.execute(
+                    "UPDATE rule_definitions SET rule_group = %s, definition = %s::jsonb,"
+                    " enabled = %s, source = 'api', version = version + 1, updated_at = now()"
+                    " WHERE tenant_id = %s AND rule_id = %s AND version = %s"
+                    " RETURNING version",
+                    (rule_group, encoded, enabled, tenant, rule_id,
+                     check_int("expected_version", expected_version, 0, _INT32_MAX)),
+                )
+            row = await cursor.fetchone()
+        return None if row is None else int(row[0])
+
+    async def delete_rule_definition(self, tenant: str, rule_id: str) -> bool:
+        """Delete a rule definition; return False when the tenant has no rule of that id.
+
+        The rule's group state stays until sweep() removes it.
+        """
+        check_text("tenant", tenant)
+        check_text("rule_id", rule_id)
+        async with self._transaction("delete_rule_definition") as conn:
+            cursor = await conn.execute(
+                "DELETE FROM rule_definitions WHERE tenant_id = %s AND rule_id = %s",
+                (tenant, rule_id),
+            )
+            return cursor.rowcount == 1
+
+    async def rule_groups_page(
+        self, tenant: str, rule_id: str, *, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[str, str, GroupSnapshot]]:
+        """Return up to `limit` stored groups of a rule as (rule_group, group_key, snapshot).
+
+        Rows are ordered by (rule_group, group_key), the stored JSON text of the key, and start
+        after the pair `after` when it is given.
+        """
+        check_text("tenant", tenant)
+        check_text("rule_id", rule_id)
+        check_int("limit", limit, 1, HISTORY_LIMIT_MAX + 1)
+        clause: LiteralString = ""
+        params: list[Any] = [tenant, rule_id]
+        if after is not None:
+            clause = " AND (rule_group, group_key) > (%s, %s)"
+            params.extend((check_text("cursor rule_group", after[0]),
+                           check_text("cursor group_key", after[1])))
+        params.append(limit)
+        async with self._transaction("rule_groups_page") as conn:
+            cursor = await conn.execute(
+                f"SELECT rule_group, {_GROUP_COLUMNS} FROM rule_state"
+                " WHERE tenant_id = %s AND rule_id = %s" + clause +
+                " ORDER BY rule_group, group_key LIMIT %s",
+                params,
+            )
+            rows = await cursor.fetchall()
+        with _translate_decode_errors(tenant, None):
+            return [(row[0], row[2], _snapshot_from_row(row[1:])) for row in rows]
+
+    async def history_page(
+        self,
+        tenant: str,
+        *,
+        rule_id: str | None = None,
+        kind: str | None = None,
+        group: dict[str, str | None] | None = None,
+        since_s: float | None = None,
+        until_s: float | None = None,
+        after: tuple[float, int] | None = None,
+        limit: int = 100,
+    ) -> list[HistoryRecord]:
+        """Return the tenant's history rows with since_s <= at < until_s, oldest first.
+
+        Rows are ordered by (at_s, id) and start after the pair `after`, so a caller pages by
+        passing the last row's (at, id). `group` matches rows whose group contains every given
+        field with the given value.
+        """
+        check_int("limit", limit, 1, HISTORY_LIMIT_MAX + 1)
+        clauses: list[LiteralString] = ["tenant_id = %s"]
+        params: list[Any] = [check_text("tenant", tenant)]
+        if rule_id is not None:
+            clauses.append("rule_id = %s")
+            params.append(check_text("rule_id", rule_id))
+        if kind is not None:
+            clauses.append("kind = %s")
+            params.append(check_text("kind", kind))
+        if group is not None:
+            clauses.append("group_key @> %s::jsonb")
+            params.append(_encode_json("group filter", group))
+        if since_s is not None:
+            since = check_time("since_s", since_s)
+            clauses.append("at >= to_timestamp(%s) - interval '1 second' AND at_s >= %s")
+            params.extend((since, since))
+        if until_s is not None:
+            until = check_time("until_s", until_s)
+            clauses.append("at < to_timestamp(%s) + interval '1 second' AND at_s < %s")
+            params.extend((until, until))
+        if after is not None:
+            after_at = check_time("cursor at", after[0])
+            clauses.append("at >= to_timestamp(%s) - interval '1 second' AND (at_s, id) > (%s, %s)")
+            params.extend((after_at, after_at, check_int64("cursor id", after[1])))
+        params.append(limit)
+
+        where: LiteralString = " AND ".join(clauses)
+        sql: LiteralString = (
+            f"SELECT {_HISTORY_COLUMNS} FROM evaluation_history WHERE {where}"
+            " ORDER BY at_s, id LIMIT %s"
+        )
+        async with self._transaction("history_page") as conn:
+            cursor = await conn.execute(sql, params)
+            rows = await cursor.fetchall()
+        with _translate_decode_errors(tenant, None):
+            return [_history_from_row(row) for row in rows]
+
+
 async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
     conn.adapters.register_dumper(_BinaryArray, _BinaryArrayDumper)
 

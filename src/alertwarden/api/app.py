@@ -1,0 +1,134 @@
+"""The FastAPI application factory, the body size limit and the health endpoints."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from alertwarden.api import routes_history, routes_rules, routes_tenants
+from alertwarden.api.auth import admin_digest
+from alertwarden.api.deps import ApiContext
+from alertwarden.api.models import Health
+from alertwarden.errors import ConfigError, StoreError
+from alertwarden.store.postgres import PostgresStore
+
+log = logging.getLogger(__name__)
+
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+def create_app(
+    store: PostgresStore,
+    *,
+    admin_token: str,
+    max_body_bytes: int = 1_048_576,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """Build the REST API over an open PostgresStore.
+
+    admin_token may call every endpoint. max_body_bytes caps each request body, and a larger
+    one gets 413. clock returns the wall clock in UTC seconds for the groups view's counts.
+    """
+    if len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"invalid admin token of {len(admin_token)} characters: use at least"
+            f" {MIN_ADMIN_TOKEN_CHARS} random characters"
+        )
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+        raise ConfigError(f"invalid max_body_bytes {max_body_bytes!r}: use a positive integer")
+
+    app = FastAPI(
+        title="alertwarden",
+        summary="Tenants, rules, group state and transition history of alertwarden.",
+        version="1",
+    )
+    app.state.api_context = ApiContext(store=store, admin_sha256=admin_digest(admin_token), clock=clock)
+    app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
+    app.add_exception_handler(StoreError, _store_error)
+    app.include_router(routes_tenants.router)
+    app.include_router(routes_rules.router)
+    app.include_router(routes_history.router)
+
+    @app.get("/healthz", summary="Report that the process is up", response_model=Health,
+             responses={200: {"description": "The process serves requests."}})
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        summary="Report whether the store is reachable",
+        response_model=Health,
+        responses={
+            200: {"description": "The store answered a query."},
+            503: {"description": "The store did not answer.", "model": Health},
+        },
+    )
+    async def readyz() -> Any:
+        try:
+            await store.ping()
+        except StoreError as error:
+            log.warning("readiness check failed: %s", error)
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return Health(status="ok")
+
+    return app
+
+
+async def _store_error(request: Request, error: Exception) -> JSONResponse:
+    log.error("store error on %s %s: %s", request.method, request.url.path, error)
+    return JSONResponse(
+        {"detail": "the state store failed; retry later"}, status_code=503
+    )
+
+
+class BodySizeLimit:
+    """ASGI middleware that returns 413 for a request body larger than max_body_bytes.
+
+    It reads the whole body before the application runs, so a chunked body without
+    Content-Length is counted too; a body within the limit is passed on unchanged.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._reject(scope, receive, send)
+            return
+
+        messages: list[Message] = []
+        received = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                await self._reject(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body is larger than {self.max_body_bytes} bytes: send a smaller body"},
+            status_code=413,
+        )
+        await response(scope, receive, send)

@@ -1,0 +1,209 @@
+"""Request and response bodies, page cursors and the checks of path and query values."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_TENANT_CHARS = 64
+MAX_PAGE_LIMIT = 1000
+DEFAULT_PAGE_LIMIT = 100
+# One NATS subject token: no separator, no wildcard, no whitespace, no NUL.
+_TENANT_FORBIDDEN = re.compile(r"[.*>\s\x00]")
+
+
+class RequestBody(BaseModel):
+    """Base of request bodies: an unknown field is a 422 error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FeatureBody(RequestBody):
+    enabled: bool = Field(strict=True, description="True turns the feature on.")
+
+
+class TokenRequest(RequestBody):
+    name: str = Field("", max_length=256, description="Free-text label shown in token lists.")
+
+
+class Feature(BaseModel):
+    tenant: str
+    feature: str
+    enabled: bool
+
+
+class Tenant(BaseModel):
+    tenant: str
+    stateful_rules: bool
+
+
+class IssuedTokenOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    token: str = Field(description="The bearer token. It is returned only once.")
+    created_at: str
+
+
+class TokenOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    created_at: str
+    revoked_at: str | None
+
+
+class TokenList(BaseModel):
+    items: list[TokenOut]
+
+
+class RuleOut(BaseModel):
+    id: str
+    rule_group: str
+    enabled: bool
+    version: int
+    source: str = Field(description="file (rule file sync) or api.")
+    updated_at: str
+    definition: dict[str, Any] = Field(description="The rule in the rule file format.")
+
+
+class RuleList(BaseModel):
+    items: list[RuleOut]
+
+
+class GroupOut(BaseModel):
+    rule_group: str
+    key: list[str | None] = Field(description="Values of the rule's group_by fields, in order.")
+    state: str = Field(description="ok or firing.")
+    count: int = Field(description="Sum of the stored buckets still inside the window now.")
+    last_fired_at: str | None
+    last_notified_at: str | None
+
+
+class GroupPage(BaseModel):
+    items: list[GroupOut]
+    next_cursor: str | None
+
+
+class HistoryOut(BaseModel):
+    id: int
+    at: str
+    rule: str
+    rule_group: str
+    group: dict[str, str | None]
+    kind: str
+    count: int
+    delivered: bool
+    details: dict[str, Any]
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryOut]
+    next_cursor: str | None
+
+
+class Health(BaseModel):
+    status: str
+
+
+def error_detail(location: list[str | int], message: str, value: object) -> list[dict[str, Any]]:
+    """Build a 422 detail list in the shape FastAPI uses for request validation errors."""
+    return [{"loc": location, "msg": message, "input": value}]
+
+
+def unprocessable(location: list[str | int], message: str, value: object) -> HTTPException:
+    return HTTPException(422, error_detail(location, message, value))
+
+
+def check_tenant_id(tenant: str) -> str:
+    """Return the tenant id if it is one subject token of at most MAX_TENANT_CHARS characters."""
+    if not tenant or len(tenant) > MAX_TENANT_CHARS or _TENANT_FORBIDDEN.search(tenant):
+        raise unprocessable(
+            ["path", "tenant"],
+            f"invalid tenant id {tenant!r}: use 1-{MAX_TENANT_CHARS} characters without"
+            " '.', '*', '>', whitespace or NUL",
+            tenant,
+        )
+    return tenant
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(name: str, text: str | None) -> float | None:
+    """Parse an RFC 3339 query value into UTC seconds; a value without an offset is rejected."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise unprocessable(
+            ["query", name],
+            f"invalid {name} {text!r}: use RFC 3339 with a time zone, such as"
+            " 2026-01-02T03:04:05Z",
+            text,
+        )
+    return moment.timestamp()
+
+
+def encode_cursor(parts: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(parts)).decode().rstrip("=")
+
+
+def decode_cursor(text: str, shape: tuple[type, ...]) -> list[Any]:
+    """Decode a cursor made by encode_cursor whose items have the types in `shape`."""
+    try:
+        parts = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError):
+        parts = None
+    valid = (
+        isinstance(parts, list)
+        and len(parts) == len(shape)
+        and all(type(part) in _accepted(kind) for part, kind in zip(parts, shape, strict=True))
+        and not any(isinstance(part, str) and "\x00" in part for part in parts)
+    )
+    if not valid:
+        raise unprocessable(
+            ["query", "cursor"],
+            f"invalid cursor {text!r}: pass the next_cursor of the previous page unchanged",
+            text,
+        )
+    assert isinstance(parts, list)
+    return parts
+
+
+def _accepted(kind: type) -> set[type]:
+    # JSON writes a whole float such as 1.0 as 1.0, but a client may normalise it to 1.
+    return {float, int} if kind is float else {kind}
+
+
+def parse_group_filter(text: str | None) -> dict[str, str | None] | None:
+    """Parse the `group` query value: a JSON object of group_by field to value."""
+    if text is None:
+        return None
+    try:
+        group = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        group = None
+    if not isinstance(group, dict) or "\x00" in text or not all(
+        value is None or isinstance(value, str) for value in group.values()
+    ):
+        raise unprocessable(
+            ["query", "group"],
+            f"invalid group {text!r}: use a JSON object of field name to string or null,"
+            ' such as {"source_id":"10.0.0.1"}',
+            text,
+        )
+    return group

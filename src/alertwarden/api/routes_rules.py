@@ -1,0 +1,265 @@
+"""Routes of rule definitions and of the stored group state of a rule."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
+from pydantic import ValidationError
+
+from alertwarden.api.deps import Api, TenantScope, not_found
+from alertwarden.api.models import (
+    DEFAULT_PAGE_LIMIT,
+    MAX_PAGE_LIMIT,
+    GroupOut,
+    GroupPage,
+    RuleList,
+    RuleOut,
+    decode_cursor,
+    encode_cursor,
+    rfc3339,
+    unprocessable,
+)
+from alertwarden.engine.records import GroupSnapshot, format_time
+from alertwarden.errors import RuleError
+from alertwarden.rules import RuleDefinition, RuleFieldErrors, compile_rule
+from alertwarden.rules.model import ID_PATTERN
+
+_SCOPED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, invalid or revoked token."},
+    404: {"description": "No such tenant or rule, or a tenant the token may not see."},
+}
+
+RuleId = Annotated[
+    str,
+    Path(
+        pattern=f"^{ID_PATTERN.pattern}$",
+        description="Rule id: 1-128 characters of letters, digits and _ . : -",
+    ),
+]
+
+router = APIRouter(prefix="/v1/tenants/{tenant}/rules", tags=["rules"])
+
+
+def _rule_out(row: tuple[str, str, dict[str, Any], bool, int, str, Any]) -> RuleOut:
+    rule_id, rule_group, definition, enabled, version, source, updated_at = row
+    return RuleOut(
+        id=rule_id,
+        rule_group=rule_group,
+        enabled=enabled,
+        version=version,
+        source=source,
+        updated_at=rfc3339(updated_at) or "",
+        definition=definition,
+    )
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _parse_if_match(value: str | None) -> int | None:
+    """Return the version an If-Match header names; 0, which no rule has, for any other value."""
+    if value is None:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    return int(text) if text.isdigit() and 0 < len(text) <= 9 else 0
+
+
+@router.get("", summary="List the tenant's rules", response_model=RuleList, responses=_SCOPED)
+async def list_rules(tenant: TenantScope, api: Api) -> RuleList:
+    rows = await api.store.rule_definitions(tenant)
+    return RuleList(items=[_rule_out(row) for row in rows])
+
+
+@router.get(
+    "/{rule_id}",
+    summary="Read one rule",
+    response_model=RuleOut,
+    responses={**_SCOPED, 200: {"description": "The rule; the ETag header is its version."}},
+)
+async def get_rule(tenant: TenantScope, rule_id: RuleId, api: Api, response: Response) -> RuleOut:
+    rows = await api.store.rule_definitions(tenant, rule_id)
+    if not rows:
+        raise not_found(f"rule {rule_id!r} of tenant {tenant!r}")
+    rule = _rule_out(rows[0])
+    response.headers["ETag"] = _etag(rule.version)
+    return rule
+
+
+@router.put(
+    "/{rule_id}",
+    summary="Create or replace one rule",
+    response_model=RuleOut,
+    responses={
+        **_SCOPED,
+        200: {"description": "The rule was stored; the ETag header is its new version."},
+        412: {"description": "If-Match does not name the stored version."},
+        413: {"description": "The body is larger than the limit."},
+        422: {"description": "The rule is invalid; each error names the field and the value."},
+    },
+)
+async def put_rule(
+    tenant: TenantScope,
+    rule_id: RuleId,
+    api: Api,
+    response: Response,
+    body: Annotated[dict[str, Any], Body(description="One rule in the rule file format, as JSON.")],
+    if_match: Annotated[str | None, Header(description='Stored version, such as "3".')] = None,
+) -> RuleOut:
+    definition = _validate_rule(rule_id, body)
+    entry = {**body, "id": rule_id}
+    version = await api.store.put_api_rule(
+        tenant,
+        rule_id,
+        definition.group,
+        entry,
+        definition.enabled,
+        expected_version=_parse_if_match(if_match),
+    )
+    if version is None:
+        raise HTTPException(
+            412,
+            f"rule {rule_id!r} is not at version {if_match}: read it again and retry with the"
+            " new ETag",
+        )
+    rows = await api.store.rule_definitions(tenant, rule_id)
+    rule = _rule_out(rows[0]) if rows else None
+    if rule is None or rule.version != version:
+        # A concurrent write landed between the two statements; report the version we wrote.
+        rule = RuleOut(
+            id=rule_id,
+            rule_group=definition.group,
+            enabled=definition.enabled,
+            version=version,
+            source="api",
+            updated_at=rule.updated_at if rule else "",
+            definition=entry,
+        )
+    response.headers["ETag"] = _etag(version)
+    return rule
+
+
+@router.delete(
+    "/{rule_id}",
+    summary="Delete one rule",
+    status_code=204,
+    response_class=Response,
+    responses={**_SCOPED, 204: {"description": "The rule is deleted; its state goes at the next sweep."}},
+)
+async def delete_rule(tenant: TenantScope, rule_id: RuleId, api: Api) -> Response:
+    if not await api.store.delete_rule_definition(tenant, rule_id):
+        raise not_found(f"rule {rule_id!r} of tenant {tenant!r}")
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{rule_id}/groups",
+    summary="List the stored groups of a rule",
+    response_model=GroupPage,
+    responses={**_SCOPED, 422: {"description": "Invalid limit or cursor."}},
+)
+async def list_groups(
+    tenant: TenantScope,
+    rule_id: RuleId,
+    api: Api,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)] = DEFAULT_PAGE_LIMIT,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
+) -> GroupPage:
+    after = None
+    if cursor is not None:
+        rule_group, group_key = decode_cursor(cursor, (str, str))
+        after = (rule_group, group_key)
+    rows = await api.store.rule_groups_page(tenant, rule_id, after=after, limit=limit + 1)
+    now_s = api.clock()
+    items = [_group_out(rule_group, snapshot, now_s) for rule_group, _, snapshot in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last_group, last_key, _ = rows[limit - 1]
+        next_cursor = encode_cursor([last_group, last_key])
+    return GroupPage(items=items, next_cursor=next_cursor)
+
+
+def window_count(snapshot: GroupSnapshot, now_s: float) -> int:
+    """Sum the stored buckets still inside the window at `now_s`.
+
+    counts[i] belongs to bucket head_bucket - (N - 1) + i, and a bucket is inside the window
+    while its index is greater than floor(now_s / bucket_s) - N.
+    """
+    bucket_count = len(snapshot.counts)
+    oldest_inside = math.floor(now_s / snapshot.bucket_s) - bucket_count + 1
+    first_index = snapshot.head_bucket - (bucket_count - 1)
+    return sum(
+        count
+        for offset, count in enumerate(snapshot.counts)
+        if first_index + offset >= oldest_inside
+    )
+
+
+def _group_out(rule_group: str, snapshot: GroupSnapshot, now_s: float) -> GroupOut:
+    return GroupOut(
+        rule_group=rule_group,
+        key=list(snapshot.key),
+        state=snapshot.status.value,
+        count=window_count(snapshot, now_s),
+        last_fired_at=None if snapshot.last_fired_at is None else format_time(snapshot.last_fired_at),
+        last_notified_at=(
+            None if snapshot.last_notified_at is None else format_time(snapshot.last_notified_at)
+        ),
+    )
+
+
+def _validate_rule(rule_id: str, body: dict[str, Any]) -> RuleDefinition:
+    """Validate a rule body as the rule file loader does; raise 422 naming field and value."""
+    if "id" in body and body["id"] != rule_id:
+        raise unprocessable(
+            ["body", "id"],
+            f"id {body['id']!r} differs from the rule id {rule_id!r} in the path: make them equal"
+            " or leave id out",
+            body["id"],
+        )
+    try:
+        definition = RuleDefinition.model_validate({**body, "id": rule_id})
+        compile_rule(definition)
+    except ValidationError as error:
+        raise HTTPException(422, _validation_details(error, body)) from None
+    except RuleError as error:
+        raise unprocessable(["body"], str(error), None) from None
+    return definition
+
+
+def _validation_details(error: ValidationError, body: dict[str, Any]) -> list[dict[str, Any]]:
+    details: list[dict[str, Any]] = []
+    for item in error.errors():
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, RuleFieldErrors):
+            for field, message in cause.problems:
+                details.append(
+                    {"loc": ["body", *field.split(".")], "field": field, "msg": message,
+                     "input": _value_at(body, field)}
+                )
+            continue
+        field = ".".join(str(part) for part in item["loc"]) or "rule"
+        message = str(cause) if isinstance(cause, ValueError) else item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = f"unknown field {field!r}: remove it; see the rule fields in docs/rules.md"
+        details.append(
+            {"loc": ["body", *item["loc"]], "field": field, "msg": message,
+             "input": item.get("input")}
+        )
+    return details
+
+
+def _value_at(body: dict[str, Any], field: str) -> Any:
+    """Return the body's value at a dotted field path such as group_by[1] or match.any, or None."""
+    value: Any = body
+    for part in field.replace("[", ".[").split("."):
+        if part.startswith("[") and part.endswith("]") and part[1:-1].isdigit():
+            index = int(part[1:-1])
+            value = value[index] if isinstance(value, list) and index < len(value) else None
+        elif isinstance(value, dict):
+            value = value.get(part)
+        else:
+            return None
+    return value

@@ -1,0 +1,604 @@
+"""The REST API in alertwarden.api against a real PostgreSQL store (see tests/pg_fixture.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from alertwarden.api import create_app
+from alertwarden.api.routes_rules import window_count
+from alertwarden.engine.records import GroupSnapshot, GroupStatus, Transition, TransitionKind
+from alertwarden.store.postgres import PostgresStore
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+NOW_S = 1_700_000_000.0
+BUCKET_S = 60
+
+
+@pytest.fixture
+async def store(pg_store_url: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(pg_store_url, pool_max=8)
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def client(store: PostgresStore) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(store, admin_token=ADMIN_TOKEN, max_body_bytes=4096, clock=lambda: NOW_S)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+ADMIN = bearer(ADMIN_TOKEN)
+
+
+def new_tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+async def create_tenant(client: httpx.AsyncClient) -> str:
+    tenant = new_tenant()
+    response = await client.put(f"/v1/tenants/{tenant}", headers=ADMIN)
+    assert response.status_code == 201, response.text
+    return tenant
+
+
+async def tenant_token(client: httpx.AsyncClient, tenant: str) -> tuple[str, str]:
+    response = await client.post(f"/v1/tenants/{tenant}/tokens", headers=ADMIN, json={"name": "ci"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return body["id"], body["token"]
+
+
+RULE = {"threshold": 3, "window": "4m", "bucket": "1m", "group_by": ["source_id"]}
+
+
+def snapshot(rule_id: str, value: str, counts: tuple[int, ...], head_bucket: int) -> GroupSnapshot:
+    return GroupSnapshot(
+        rule_id=rule_id,
+        key=(value,),
+        window_s=BUCKET_S * len(counts),
+        bucket_s=BUCKET_S,
+        counts=counts,
+        head_bucket=head_bucket,
+        last_seen_at=head_bucket * BUCKET_S + 1.0,
+        last_fired_at=head_bucket * BUCKET_S + 1.0,
+        last_notified_at=head_bucket * BUCKET_S + 1.0,
+        status=GroupStatus.FIRING,
+        suppressed=False,
+        position=1,
+    )
+
+
+def transition(rule_id: str, value: str, at: float, kind: TransitionKind) -> Transition:
+    snap = snapshot(rule_id, value, (1, 1, 1, 1), int(at // BUCKET_S))
+    return Transition(
+        at=at,
+        rule_id=rule_id,
+        group=(("source_id", value),),
+        kind=kind,
+        count=4,
+        threshold=3,
+        window_s=240,
+        snapshot=snap,
+    )
+
+
+# ------------------------------------------------------------ auth
+
+
+async def test_auth_missing_token(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/tenants/acme/rules")
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "token", ["wrong", "awt_0123456789abcdef_secret", ADMIN_TOKEN + "x", ADMIN_TOKEN[:-1]]
+)
+async def test_auth_invalid_token(client: httpx.AsyncClient, token: str) -> None:
+    response = await client.get("/v1/tenants/acme/rules", headers=bearer(token))
+
+    assert response.status_code == 401
+
+
+async def test_auth_wrong_secret_of_known_id(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    token_id, token = await tenant_token(client, tenant)
+
+    forged = f"awt_{token_id}_{'A' * 43}"
+    response = await client.get(f"/v1/tenants/{tenant}/rules", headers=bearer(forged))
+
+    assert token != forged
+    assert response.status_code == 401
+
+
+async def test_auth_tenant_token_own_tenant(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    _, token = await tenant_token(client, tenant)
+
+    rules = await client.get(f"/v1/tenants/{tenant}/rules", headers=bearer(token))
+    create = await client.put(f"/v1/tenants/{tenant}", headers=bearer(token))
+    tokens = await client.get(f"/v1/tenants/{tenant}/tokens", headers=bearer(token))
+
+    assert rules.status_code == 200
+    assert rules.json() == {"items": []}
+    assert create.status_code == 403
+    assert tokens.status_code == 403
+
+
+async def test_auth_revoked_token(client: httpx.AsyncClient, store: PostgresStore) -> None:
+    tenant = await create_tenant(client)
+    token_id, token = await tenant_token(client, tenant)
+    before = await client.get(f"/v1/tenants/{tenant}/rules", headers=bearer(token))
+
+    revoke = await client.delete(f"/v1/tenants/{tenant}/tokens/{token_id}", headers=ADMIN)
+    after = await client.get(f"/v1/tenants/{tenant}/rules", headers=bearer(token))
+    listed = await client.get(f"/v1/tenants/{tenant}/tokens", headers=ADMIN)
+    again = await client.delete(f"/v1/tenants/{tenant}/tokens/{token_id}", headers=ADMIN)
+
+    assert before.status_code == 200
+    assert revoke.status_code == 204
+    assert after.status_code == 401
+    assert [item["id"] for item in listed.json()["items"]] == [token_id]
+    assert listed.json()["items"][0]["revoked_at"] is not None
+    assert "token" not in listed.json()["items"][0]
+    assert again.status_code == 404
+
+
+async def test_token_stored_as_salted_digest(client: httpx.AsyncClient, store: PostgresStore) -> None:
+    tenant = await create_tenant(client)
+    token_id, token = await tenant_token(client, tenant)
+
+    stored = await store.active_api_token(token_id)
+
+    assert stored is not None
+    stored_tenant, salt, digest = stored
+    assert stored_tenant == tenant
+    assert len(salt) == 16
+    assert token.encode() not in digest
+    assert token.split("_", 2)[2].encode() not in digest
+
+
+# ------------------------------------------------------------ tenants and features
+
+
+@pytest.mark.parametrize("tenant", ["a.b", "a*", "a>", "a%20b", "a%00b", "x" * 65])
+async def test_tenant_id_invalid(client: httpx.AsyncClient, tenant: str) -> None:
+    response = await client.put(f"/v1/tenants/{tenant}", headers=ADMIN)
+
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["path", "tenant"]
+    assert detail["input"] == httpx.URL(f"/{tenant}").path[1:]
+    assert "invalid tenant id" in detail["msg"]
+
+
+async def test_tenant_create_twice(client: httpx.AsyncClient) -> None:
+    tenant = new_tenant()
+
+    first = await client.put(f"/v1/tenants/{tenant}", headers=ADMIN)
+    second = await client.put(f"/v1/tenants/{tenant}", headers=ADMIN)
+
+    assert first.status_code == 201
+    assert second.status_code == 200
+    assert second.json() == {"tenant": tenant, "stateful_rules": False}
+
+
+async def test_feature_flag_roundtrip(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/features/stateful-rules"
+
+    default = await client.get(path, headers=ADMIN)
+    switched = await client.put(path, headers=ADMIN, json={"enabled": True})
+    read = await client.get(path, headers=ADMIN)
+
+    assert default.json()["enabled"] is False
+    assert switched.status_code == 200
+    assert read.json() == {"tenant": tenant, "feature": "stateful-rules", "enabled": True}
+
+
+@pytest.mark.parametrize("body", [{"enabled": True, "extra": 1}, {"enabled": "yes"}, {}])
+async def test_feature_body_invalid(client: httpx.AsyncClient, body: dict[str, object]) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.put(
+        f"/v1/tenants/{tenant}/features/stateful-rules", headers=ADMIN, json=body
+    )
+
+    assert response.status_code == 422
+
+
+async def test_missing_tenant_404_for_admin(client: httpx.AsyncClient) -> None:
+    response = await client.get(f"/v1/tenants/{new_tenant()}/rules", headers=ADMIN)
+
+    assert response.status_code == 404
+
+
+# ------------------------------------------------------------ isolation
+
+
+async def test_isolation_other_tenant_404(client: httpx.AsyncClient) -> None:
+    tenant_a = await create_tenant(client)
+    tenant_b = await create_tenant(client)
+    _, token_a = await tenant_token(client, tenant_a)
+    token_id_b, _ = await tenant_token(client, tenant_b)
+    put = await client.put(f"/v1/tenants/{tenant_b}/rules/r1", headers=ADMIN, json=RULE)
+    assert put.status_code == 200
+    missing = new_tenant()
+
+    requests = [
+        ("GET", "", None),
+        ("PUT", "", None),
+        ("GET", "/rules", None),
+        ("GET", "/rules/r1", None),
+        ("PUT", "/rules/r1", RULE),
+        ("DELETE", "/rules/r1", None),
+        ("GET", "/rules/r1/groups", None),
+        ("GET", "/history", None),
+        ("GET", "/features/stateful-rules", None),
+        ("PUT", "/features/stateful-rules", {"enabled": True}),
+        ("GET", "/tokens", None),
+        ("POST", "/tokens", {"name": "x"}),
+        ("DELETE", f"/tokens/{token_id_b}", None),
+    ]
+    for method, suffix, body in requests:
+        other = await client.request(
+            method, f"/v1/tenants/{tenant_b}{suffix}", headers=bearer(token_a), json=body
+        )
+        absent = await client.request(
+            method, f"/v1/tenants/{missing}{suffix}", headers=bearer(token_a), json=body
+        )
+        assert other.status_code == 404, (method, suffix)
+        assert other.json()["detail"] == f"tenant {tenant_b!r} not found", (method, suffix)
+        assert absent.json()["detail"] == f"tenant {missing!r} not found", (method, suffix)
+
+    still = await client.get(f"/v1/tenants/{tenant_b}/rules/r1", headers=ADMIN)
+    flag = await client.get(f"/v1/tenants/{tenant_b}/features/stateful-rules", headers=ADMIN)
+    assert still.json()["version"] == 1
+    assert flag.json()["enabled"] is False
+
+
+# ------------------------------------------------------------ rules
+
+
+async def test_rule_put_get_delete(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/failed-logins"
+
+    put = await client.put(path, headers=ADMIN, json={**RULE, "group": "auth"})
+    get = await client.get(path, headers=ADMIN)
+    listed = await client.get(f"/v1/tenants/{tenant}/rules", headers=ADMIN)
+    deleted = await client.delete(path, headers=ADMIN)
+    gone = await client.get(path, headers=ADMIN)
+
+    assert put.status_code == 200
+    assert put.headers["etag"] == '"1"'
+    body = get.json()
+    assert body["version"] == 1
+    assert body["source"] == "api"
+    assert body["rule_group"] == "auth"
+    assert body["definition"] == {**RULE, "group": "auth", "id": "failed-logins"}
+    assert [rule["id"] for rule in listed.json()["items"]] == ["failed-logins"]
+    assert deleted.status_code == 204
+    assert gone.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "value"),
+    [
+        ({"threshold": 0}, "threshold", 0),
+        ({"window": "10m", "bucket": "7m"}, "bucket", "7m"),
+        ({"threshold": 3, "colour": "red"}, "colour", "red"),
+        ({"group_by": ["a", "a"]}, "group_by[1]", "a"),
+        ({"id": "other"}, "id", "other"),
+    ],
+)
+async def test_rule_invalid_keeps_previous(
+    client: httpx.AsyncClient, body: dict[str, object], field: str, value: object
+) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+    await client.put(path, headers=ADMIN, json=RULE)
+
+    response = await client.put(path, headers=ADMIN, json=body)
+    stored = await client.get(path, headers=ADMIN)
+
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert any(
+        (item.get("field") == field or item["loc"][-1] == field) and item["input"] == value
+        for item in detail
+    ), detail
+    assert stored.json()["version"] == 1
+    assert stored.json()["definition"] == {**RULE, "id": "r1"}
+
+
+async def test_rule_if_match(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+    await client.put(path, headers=ADMIN, json=RULE)
+
+    match = await client.put(path, headers={**ADMIN, "If-Match": '"1"'}, json={**RULE, "threshold": 4})
+    stale = await client.put(path, headers={**ADMIN, "If-Match": '"1"'}, json={**RULE, "threshold": 5})
+    garbage = await client.put(path, headers={**ADMIN, "If-Match": "x"}, json=RULE)
+    absent = await client.put(
+        f"/v1/tenants/{tenant}/rules/new", headers={**ADMIN, "If-Match": '"1"'}, json=RULE
+    )
+    stored = await client.get(path, headers=ADMIN)
+
+    assert match.status_code == 200
+    assert match.headers["etag"] == '"2"'
+    assert stale.status_code == 412
+    assert garbage.status_code == 412
+    assert absent.status_code == 412
+    assert stored.json()["version"] == 2
+    assert stored.json()["definition"]["threshold"] == 4
+
+
+async def test_rule_concurrent_puts(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+    await client.put(path, headers=ADMIN, json=RULE)
+    writers = 20
+
+    responses = await asyncio.gather(
+        *(client.put(path, headers=ADMIN, json={**RULE, "threshold": n + 1}) for n in range(writers))
+    )
+    stored = await client.get(path, headers=ADMIN)
+
+    assert [r.status_code for r in responses] == [200] * writers
+    assert sorted(int(r.headers["etag"].strip('"')) for r in responses) == list(range(2, writers + 2))
+    assert stored.json()["version"] == writers + 1
+
+
+async def test_rule_concurrent_if_match(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+    await client.put(path, headers=ADMIN, json=RULE)
+
+    responses = await asyncio.gather(
+        *(
+            client.put(path, headers={**ADMIN, "If-Match": '"1"'}, json={**RULE, "threshold": n + 1})
+            for n in range(10)
+        )
+    )
+    stored = await client.get(path, headers=ADMIN)
+
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] + [412] * 9
+    assert stored.json()["version"] == 2
+
+
+async def test_body_too_large(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.put(
+        f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json={**RULE, "description": "x" * 5000}
+    )
+
+    assert response.status_code == 413
+
+
+async def test_body_too_large_chunked(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"description": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, content=chunks())
+
+    assert response.status_code == 413
+
+
+# ------------------------------------------------------------ groups
+
+
+def test_window_count_drops_old_buckets() -> None:
+    now_bucket = int(NOW_S // BUCKET_S)
+    current = snapshot("r", "x", (1, 2, 3, 4), now_bucket)
+    one_behind = snapshot("r", "x", (1, 2, 3, 4), now_bucket - 1)
+    expired = snapshot("r", "x", (1, 2, 3, 4), now_bucket - 4)
+
+    assert window_count(current, NOW_S) == 10
+    assert window_count(one_behind, NOW_S) == 9
+    assert window_count(expired, NOW_S) == 0
+
+
+async def test_groups_view_counts(client: httpx.AsyncClient, store: PostgresStore) -> None:
+    tenant = await create_tenant(client)
+    now_bucket = int(NOW_S // BUCKET_S)
+    await store.record_transitions(
+        tenant,
+        "default",
+        [
+            Transition(
+                at=NOW_S - 5, rule_id="r1", group=(("source_id", f"10.0.0.{i}"),),
+                kind=TransitionKind.FIRED, count=4, threshold=3, window_s=240,
+                snapshot=snapshot("r1", f"10.0.0.{i}", (1, 2, 3, 4), now_bucket - i),
+            )
+            for i in range(5)
+        ],
+    )
+
+    first = await client.get(f"/v1/tenants/{tenant}/rules/r1/groups?limit=3", headers=ADMIN)
+    second = await client.get(
+        f"/v1/tenants/{tenant}/rules/r1/groups",
+        params={"limit": 3, "cursor": first.json()["next_cursor"]},
+        headers=ADMIN,
+    )
+
+    items = first.json()["items"] + second.json()["items"]
+    assert second.json()["next_cursor"] is None
+    assert [item["key"] for item in items] == [[f"10.0.0.{i}"] for i in range(5)]
+    assert [item["count"] for item in items] == [10, 9, 7, 4, 0]
+    assert items[0]["state"] == "firing"
+    expected_fired = datetime.fromtimestamp(now_bucket * BUCKET_S + 1.0, UTC)
+    assert items[0]["last_fired_at"] == expected_fired.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------ history
+
+
+async def test_history_pages_complete(client: httpx.AsyncClient, store: PostgresStore) -> None:
+    tenant = await create_tenant(client)
+    # Several rows share one time, so the id part of the cursor decides their order.
+    transitions = [
+        transition(f"r{i % 3}", f"10.0.0.{i}", NOW_S + (i // 4) * 0.5, TransitionKind.FIRED)
+        for i in range(23)
+    ]
+    ids = await store.record_transitions(tenant, "default", transitions)
+
+    seen: list[int] = []
+    ats: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, str | int] = {"limit": 5}
+        if cursor is not None:
+            params["cursor"] = cursor
+        response = await client.get(f"/v1/tenants/{tenant}/history", params=params, headers=ADMIN)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        seen.extend(item["id"] for item in page["items"])
+        ats.extend(item["at"] for item in page["items"])
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+
+    assert pages == 5
+    assert len(seen) == len(set(seen)) == 23
+    assert set(seen) == set(ids)
+    times = [datetime.fromisoformat(at) for at in ats]
+    assert times == sorted(times)
+
+
+async def test_history_filters(client: httpx.AsyncClient, store: PostgresStore) -> None:
+    tenant = await create_tenant(client)
+    await store.record_transitions(
+        tenant,
+        "default",
+        [
+            transition("r1", "a", NOW_S, TransitionKind.FIRED),
+            transition("r1", "b", NOW_S + 60, TransitionKind.FIRED),
+            transition("r2", "a", NOW_S + 120, TransitionKind.FIRED),
+            transition("r1", "a", NOW_S + 180, TransitionKind.RECOVERED),
+        ],
+    )
+    path = f"/v1/tenants/{tenant}/history"
+
+    by_rule = await client.get(path, params={"rule": "r1"}, headers=ADMIN)
+    by_kind = await client.get(path, params={"kind": "recovered"}, headers=ADMIN)
+    by_group = await client.get(path, params={"group": '{"source_id":"a"}'}, headers=ADMIN)
+    by_time = await client.get(
+        path,
+        params={"since": "2023-11-14T22:14:20Z", "until": "2023-11-14T22:16:20Z"},
+        headers=ADMIN,
+    )
+    bad_kind = await client.get(path, params={"kind": "exploded"}, headers=ADMIN)
+    bad_cursor = await client.get(path, params={"cursor": "bm9wZQ"}, headers=ADMIN)
+
+    assert len(by_rule.json()["items"]) == 3
+    assert [item["kind"] for item in by_kind.json()["items"]] == ["recovered"]
+    assert [item["rule"] for item in by_group.json()["items"]] == ["r1", "r2", "r1"]
+    assert [item["at"] for item in by_time.json()["items"]] == [
+        "2023-11-14T22:14:20Z",
+        "2023-11-14T22:15:20Z",
+    ]
+    assert bad_kind.status_code == 422
+    assert bad_cursor.status_code == 422
+    assert bad_cursor.json()["detail"][0]["input"] == "bm9wZQ"
+
+
+# ------------------------------------------------------------ health and OpenAPI
+
+
+async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
+    health = await client.get("/healthz")
+    ready = await client.get("/readyz")
+
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200
+
+
+async def test_readyz_store_closed(pg_store_url: str) -> None:
+    store = PostgresStore(pg_store_url)
+    await store.open()
+    app = create_app(store, admin_token=ADMIN_TOKEN)
+    await store.close()
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        response = await client.get("/readyz")
+
+    assert response.status_code == 503
+
+
+EXPECTED_OPERATIONS = {
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("put", "/v1/tenants/{tenant}"),
+    ("get", "/v1/tenants/{tenant}"),
+    ("get", "/v1/tenants/{tenant}/features/stateful-rules"),
+    ("put", "/v1/tenants/{tenant}/features/stateful-rules"),
+    ("post", "/v1/tenants/{tenant}/tokens"),
+    ("get", "/v1/tenants/{tenant}/tokens"),
+    ("delete", "/v1/tenants/{tenant}/tokens/{token_id}"),
+    ("get", "/v1/tenants/{tenant}/rules"),
+    ("get", "/v1/tenants/{tenant}/rules/{rule_id}"),
+    ("put", "/v1/tenants/{tenant}/rules/{rule_id}"),
+    ("delete", "/v1/tenants/{tenant}/rules/{rule_id}"),
+    ("get", "/v1/tenants/{tenant}/rules/{rule_id}/groups"),
+    ("get", "/v1/tenants/{tenant}/history"),
+}
+
+
+async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+    paths = response.json()["paths"]
+
+    operations = {(method, path) for path, item in paths.items() for method in item}
+    assert operations == EXPECTED_OPERATIONS
+    for method, path in sorted(operations):
+        operation = paths[path][method]
+        assert operation.get("summary"), (method, path)
+        assert operation.get("responses"), (method, path)
+        if path.startswith("/v1/"):
+            assert "401" in operation["responses"], (method, path)
+
+
+def test_create_app_short_admin_token(store: PostgresStore) -> None:
+    from alertwarden.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="invalid admin token of 5 characters"):
+        create_app(store, admin_token="short")
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("GET", "/rules/bad%00id"), ("DELETE", "/rules/a%20b"), ("GET", "/rules/a%2Fb/groups"),
+     ("GET", "/history?rule=a%00"), ("GET", '/history?group={"a":"%00"}')],
+)
+async def test_invalid_ids_rejected(client: httpx.AsyncClient, method: str, suffix: str) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.request(method, f"/v1/tenants/{tenant}{suffix}", headers=ADMIN)
+
+    assert response.status_code in (404, 422), response.text
+    assert response.status_code != 503
