@@ -137,7 +137,8 @@ CREATE INDEX evaluation_history_undelivered ON evaluation_history (tenant_id, ru
     WHERE NOT delivered;
 
 -- Create the partition of one UTC day unless it exists. The advisory lock serialises concurrent
--- creators, because CREATE TABLE IF NOT EXISTS alone can still fail on a race.
+-- creators; the catalog cache can still miss a partition another session committed while this
+-- one waited for the lock, so a duplicate is caught rather than checked for.
 CREATE FUNCTION alertwarden_ensure_history_partition(day date) RETURNS boolean
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -147,15 +148,16 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('alertwarden_history_partition'));
-    IF to_regclass(quote_ident(partition_name)) IS NOT NULL THEN
+    BEGIN
+        EXECUTE format(
+            'CREATE TABLE %I PARTITION OF evaluation_history FOR VALUES FROM (%L) TO (%L)',
+            partition_name,
+            (day::timestamp AT TIME ZONE 'UTC'),
+            ((day + 1)::timestamp AT TIME ZONE 'UTC')
+        );
+    EXCEPTION WHEN duplicate_table THEN
         RETURN false;
-    END IF;
-    EXECUTE format(
-        'CREATE TABLE %I PARTITION OF evaluation_history FOR VALUES FROM (%L) TO (%L)',
-        partition_name,
-        (day::timestamp AT TIME ZONE 'UTC'),
-        ((day + 1)::timestamp AT TIME ZONE 'UTC')
-    );
+    END;
     RETURN true;
 END
 $fn$;
