@@ -551,6 +551,8 @@ async def test_readyz_store_closed(pg_store_url: str) -> None:
 
 
 EXPECTED_OPERATIONS = {
+    ("get", "/metrics"),
+    ("post", "/v1/tenants/{tenant}/events"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("put", "/v1/tenants/{tenant}"),

@@ -9,13 +9,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from nats.js import JetStreamContext
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from alertwarden.api import routes_history, routes_rules, routes_tenants
+from alertwarden.api import routes_history, routes_ingest, routes_metrics, routes_rules, routes_tenants
 from alertwarden.api.auth import admin_digest
 from alertwarden.api.deps import ApiContext
 from alertwarden.api.models import Health
 from alertwarden.errors import ConfigError, StoreError
+from alertwarden.metrics import Metrics
+from alertwarden.sources.jetstream import JetStreamSettings
 from alertwarden.store.postgres import PostgresStore
 
 log = logging.getLogger(__name__)
@@ -29,11 +32,18 @@ def create_app(
     admin_token: str,
     max_body_bytes: int = 1_048_576,
     clock: Callable[[], float] = time.time,
+    jetstream: JetStreamContext | None = None,
+    jetstream_settings: JetStreamSettings | None = None,
+    max_ingest_events: int = routes_ingest.DEFAULT_MAX_EVENTS,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     """Build the REST API over an open PostgresStore.
 
     admin_token may call every endpoint. max_body_bytes caps each request body, and a larger
     one gets 413. clock returns the wall clock in UTC seconds for the groups view's counts.
+    jetstream is where the ingest endpoint publishes, to the stream and subjects of
+    jetstream_settings, at most max_ingest_events per request; without it that endpoint
+    returns 503. metrics is what GET /metrics returns; without it that endpoint returns 503.
     """
     if len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
         raise ConfigError(
@@ -42,6 +52,8 @@ def create_app(
         )
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ConfigError(f"invalid max_body_bytes {max_body_bytes!r}: use a positive integer")
+    if isinstance(max_ingest_events, bool) or not isinstance(max_ingest_events, int) or max_ingest_events < 1:
+        raise ConfigError(f"invalid max_ingest_events {max_ingest_events!r}: use a positive integer")
 
     app = FastAPI(
         title="alertwarden",
@@ -49,11 +61,19 @@ def create_app(
         version="1",
     )
     app.state.api_context = ApiContext(store=store, admin_sha256=admin_digest(admin_token), clock=clock)
+    app.state.ingest = routes_ingest.IngestContext(
+        js=jetstream,
+        settings=jetstream_settings or JetStreamSettings(),
+        max_events=max_ingest_events,
+    )
+    app.state.metrics = metrics
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
     app.add_exception_handler(StoreError, _store_error)
     app.include_router(routes_tenants.router)
     app.include_router(routes_rules.router)
     app.include_router(routes_history.router)
+    app.include_router(routes_ingest.router)
+    app.include_router(routes_metrics.router)
 
     @app.get("/healthz", summary="Report that the process is up", response_model=Health,
              responses={200: {"description": "The process serves requests."}})

@@ -1,0 +1,171 @@
+"""Route that publishes a tenant's events to NATS JetStream, the input of the rule pipelines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import nats.errors
+from fastapi import APIRouter, HTTPException, Query, Request
+from nats.js import JetStreamContext
+from pydantic import BaseModel
+
+from alertwarden.api.deps import TenantScope
+from alertwarden.api.models import unprocessable
+from alertwarden.events import Signal
+from alertwarden.sources.jetstream import JetStreamSettings, ensure_stream, publish_events, tenant_subjects
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_EVENTS = 1000
+
+router = APIRouter(prefix="/v1/tenants/{tenant}/events", tags=["ingest"])
+
+
+@dataclass(slots=True)
+class IngestContext:
+    """The JetStream connection of the ingest route, or None when the app has none."""
+
+    js: JetStreamContext | None
+    settings: JetStreamSettings
+    max_events: int = DEFAULT_MAX_EVENTS
+    # Tenants whose subjects the stream is known to cover, so ensure_stream runs once per tenant.
+    ensured_tenants: set[str] = field(default_factory=set)
+    ensure_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class IngestResult(BaseModel):
+    """Counts of one ingest request."""
+
+    accepted: int
+    """Events that JetStream stored."""
+    duplicates: int
+    """Events whose id JetStream had already stored within the stream's duplicate window."""
+
+
+def event_id(event: dict[str, Any]) -> str | None:
+    """Return the event's id: `id`, else `event_id`, else OCSF `metadata.uid`; None without one.
+
+    A string or an integer counts as an id; other types are ignored.
+    """
+    metadata = event.get("metadata")
+    candidates = (
+        event.get("id"),
+        event.get("event_id"),
+        metadata.get("uid") if isinstance(metadata, dict) else None,
+    )
+    for value in candidates:
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def event_signal(event: dict[str, Any]) -> Signal:
+    """Return EVENTS for an OCSF event, which has `class_uid`, and LOGS for anything else."""
+    return Signal.EVENTS if "class_uid" in event else Signal.LOGS
+
+
+def parse_events(body: bytes, max_events: int) -> list[dict[str, Any]]:
+    """Return the events of a body holding one JSON object or an array of them.
+
+    Raises 422 for invalid JSON or a non-object element (naming its index), and 413 for more
+    than `max_events` events.
+    """
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise unprocessable(["body"], f"invalid JSON body: {error}", None) from None
+
+    if isinstance(document, dict):
+        return [document]
+    if not isinstance(document, list):
+        raise unprocessable(
+            ["body"], f"invalid body of type {type(document).__name__}: send an object or an array", None
+        )
+    if not document:
+        raise unprocessable(["body"], "empty array: send at least one event", None)
+    if len(document) > max_events:
+        raise HTTPException(
+            413, f"request has {len(document)} events, over the limit of {max_events}: split it"
+        )
+    for index, element in enumerate(document):
+        if not isinstance(element, dict):
+            raise unprocessable(
+                ["body", index],
+                f"invalid event at index {index}: it is a {type(element).__name__}, not a JSON object",
+                None,
+            )
+    return document
+
+
+def ingest_context(request: Request) -> IngestContext:
+    context: IngestContext = request.app.state.ingest
+    return context
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Publish events to the tenant's JetStream subjects",
+    response_model=IngestResult,
+    responses={
+        401: {"description": "Missing, invalid or revoked token."},
+        404: {"description": "No such tenant, or a tenant the token may not see."},
+        413: {"description": "Body over the byte limit, or more events than the count limit."},
+        422: {"description": "Invalid JSON, a non-object event (named by index) or an invalid signal."},
+        503: {"description": "No JetStream connection, or JetStream did not store the events."},
+    },
+)
+async def ingest_events(
+    tenant: TenantScope,
+    request: Request,
+    signal: Annotated[
+        Signal | None,
+        Query(description="Signal of every event; without it, events with class_uid are events, others logs."),
+    ] = None,
+) -> IngestResult:
+    ingest = ingest_context(request)
+    events = parse_events(await request.body(), ingest.max_events)
+    if ingest.js is None:
+        raise HTTPException(503, "event ingest is disabled: this server has no JetStream connection")
+
+    batches: dict[Signal, list[tuple[str | None, bytes]]] = {Signal.LOGS: [], Signal.EVENTS: []}
+    for event in events:
+        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        batches[signal or event_signal(event)].append((event_id(event), payload))
+
+    accepted = 0
+    duplicates = 0
+    try:
+        await _ensure_tenant(ingest, ingest.js, tenant)
+        for batch_signal, batch in batches.items():
+            if not batch:
+                continue
+            published = await publish_events(ingest.js, ingest.settings, tenant, batch_signal, batch)
+            duplicates += sum(1 for result in published if result.duplicate)
+            accepted += sum(1 for result in published if not result.duplicate)
+    except (TimeoutError, nats.errors.Error) as error:
+        # Events published before the failure stay stored; a retry with the same ids is
+        # counted as duplicates within the stream's duplicate window. The stream may have been
+        # deleted, so the next request checks it again.
+        ingest.ensured_tenants.discard(tenant)
+        log.error(
+            "ingest publish failed for tenant %s after %d of %d events: %r",
+            tenant, accepted + duplicates, len(events), error,
+        )
+        raise HTTPException(503, "JetStream did not store the events; retry later") from None
+    return IngestResult(accepted=accepted, duplicates=duplicates)
+
+
+async def _ensure_tenant(ingest: IngestContext, js: JetStreamContext, tenant: str) -> None:
+    if tenant in ingest.ensured_tenants:
+        return
+    async with ingest.ensure_lock:
+        if tenant not in ingest.ensured_tenants:
+            await ensure_stream(js, ingest.settings, tenant_subjects(ingest.settings, tenant))
+            ingest.ensured_tenants.add(tenant)

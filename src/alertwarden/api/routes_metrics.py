@@ -1,0 +1,34 @@
+"""Route of the Prometheus metrics, which requires the admin token.
+
+The API port also serves tenants, and the metric labels name every tenant and rule, so an
+unauthenticated /metrics would let any tenant list the others.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from alertwarden.api.deps import Caller
+from alertwarden.metrics import CONTENT_TYPE, Metrics
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get(
+    "/metrics",
+    summary="Return the metrics in the Prometheus text format",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format 0.0.4.", "content": {CONTENT_TYPE: {}}},
+        401: {"description": "Missing, invalid or revoked token."},
+        403: {"description": "A tenant token; the endpoint requires the admin token."},
+        503: {"description": "This server was built without metrics."},
+    },
+)
+async def metrics(caller: Caller, request: Request) -> Response:
+    if not caller.is_admin:
+        raise HTTPException(403, "this endpoint requires the admin token")
+    registry: Metrics | None = request.app.state.metrics
+    if registry is None:
+        raise HTTPException(503, "metrics are disabled: this server was built without a Metrics object")
+    return Response(registry.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,174 @@
+"""Prometheus metrics of the service, kept in a registry of their own.
+
+Each `Metrics` owns its CollectorRegistry instead of the process-wide default one, so several
+applications or tests in one process never register the same metric name twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from alertwarden.pipeline import RuleGroupPipeline
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""Content type of the Prometheus text exposition format, version 0.0.4."""
+
+
+class EventResult:
+    """Values of the `result` label of alertwarden_events_total."""
+
+    MATCHED = "matched"
+    UNMATCHED = "unmatched"
+    LATE = "late"
+    SKEWED = "skewed"
+    INVALID = "invalid"
+
+
+class Metrics:
+    """The service's metrics and the last pipeline counter values already added to them.
+
+    Pipelines keep cumulative counters. `update_from` adds only what grew since the previous
+    call for the same tenant and rule group, so Prometheus counters only go up.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        self._seen: dict[tuple[str, ...], float] = {}
+        registry = self.registry
+
+        self.events = Counter(
+            "alertwarden_events",
+            "Events by result. matched and unmatched split the events evaluated by each rule"
+            " group, late and skewed count some of those again, and invalid counts records that"
+            " could not be parsed into events.",
+            ["tenant", "result"],
+            registry=registry,
+        )
+        self.transitions = Counter(
+            "alertwarden_transitions",
+            "Alert state transitions by rule and kind.",
+            ["tenant", "rule", "kind"],
+            registry=registry,
+        )
+        self.live_groups = Gauge(
+            "alertwarden_live_groups",
+            "Groups a rule keeps in memory.",
+            ["tenant", "rule"],
+            registry=registry,
+        )
+        self.flush_duration = Histogram(
+            "alertwarden_flush_duration_seconds",
+            "Duration of a flush of group state and checkpoint to the store.",
+            ["tenant", "rule_group"],
+            registry=registry,
+        )
+        self.flush_rows = Counter(
+            "alertwarden_flush_rows",
+            "Group rows written or deleted by flushes.",
+            ["tenant", "rule_group"],
+            registry=registry,
+        )
+        self.input_lag = Gauge(
+            "alertwarden_input_lag_seconds",
+            "Wall clock minus the evaluator's clock: in event-time mode, how far the newest"
+            " evaluated event lags behind now.",
+            ["tenant", "rule_group"],
+            registry=registry,
+        )
+        self.evaluator_restarts = Counter(
+            "alertwarden_evaluator_restarts",
+            "Restarts of a rule group's evaluator after a failure.",
+            ["tenant", "rule_group"],
+            registry=registry,
+        )
+        self.store_ready = Gauge(
+            "alertwarden_store_ready",
+            "1 while the store accepts a rule group's writes, 0 while state lives only in memory.",
+            ["tenant", "rule_group"],
+            registry=registry,
+        )
+        self.regex_timeouts = Counter(
+            "alertwarden_regex_timeouts",
+            "Regex searches of a rule's filter that timed out and so did not match.",
+            ["tenant", "rule"],
+            registry=registry,
+        )
+
+    def render(self) -> bytes:
+        """Return every metric in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def record_invalid(self, tenant: str, count: int = 1) -> None:
+        """Count records of `tenant` that could not be parsed into events."""
+        self.events.labels(tenant, EventResult.INVALID).inc(count)
+
+    def record_restart(self, tenant: str, rule_group: str) -> None:
+        """Count one restart of a rule group's evaluator."""
+        self.evaluator_restarts.labels(tenant, rule_group).inc()
+
+    def update_from(self, pipeline: RuleGroupPipeline) -> None:
+        """Add what the pipeline's counters grew by since the last call, and set its gauges.
+
+        A counter below its last value means that the pipeline was replaced (a reload or a
+        restart), so its whole value counts as new.
+        """
+        tenant = pipeline.tenant
+        group = pipeline.rule_group
+        evaluator = pipeline.evaluator
+        engine = evaluator.stats
+
+        late = sum(rule.late for rule in engine.rules.values())
+        events = (
+            (EventResult.MATCHED, engine.events - engine.unmatched),
+            (EventResult.UNMATCHED, engine.unmatched),
+            (EventResult.LATE, late),
+            (EventResult.SKEWED, engine.clock_skew),
+        )
+        for result, value in events:
+            self._add(self.events.labels(tenant, result), ("events", tenant, group, result), value)
+
+        for rule_id, rule_stats in engine.rules.items():
+            for kind, count in rule_stats.transitions.items():
+                key = ("transitions", tenant, group, rule_id, kind)
+                self._add(self.transitions.labels(tenant, rule_id, kind), key, count)
+            self.live_groups.labels(tenant, rule_id).set(evaluator.group_count(rule_id))
+            rule = pipeline.rules.get(rule_id)
+            if rule is not None:
+                key = ("regex_timeouts", tenant, group, rule_id, "")
+                self._add(self.regex_timeouts.labels(tenant, rule_id), key, rule.regex_timeouts)
+
+        self._update_flushes(pipeline)
+        self.store_ready.labels(tenant, group).set(1 if pipeline.ready else 0)
+        if evaluator.now is not None:
+            self.input_lag.labels(tenant, group).set(max(0.0, self._clock() - evaluator.now))
+
+    def _update_flushes(self, pipeline: RuleGroupPipeline) -> None:
+        tenant, group = pipeline.tenant, pipeline.rule_group
+        stats = pipeline.stats
+        self._add(self.flush_rows.labels(tenant, group), ("flush_rows", tenant, group), stats.flushed_rows)
+
+        flushes = self._delta(("flushes", tenant, group), stats.flushes)
+        seconds = self._delta(("flush_seconds", tenant, group), stats.flush_seconds)
+        if flushes <= 0:
+            return
+        # NOTE: the pipeline keeps only the total flush time, so several flushes since the last
+        # update are observed at their mean. The histogram's sum and count stay exact, but its
+        # buckets miss the spread between those flushes.
+        histogram = self.flush_duration.labels(tenant, group)
+        for _ in range(int(flushes)):
+            histogram.observe(seconds / flushes)
+
+    def _delta(self, key: tuple[str, ...], value: float) -> float:
+        last = self._seen.get(key, 0)
+        self._seen[key] = value
+        return value if value < last else value - last
+
+    def _add(self, counter: Counter, key: tuple[str, ...], value: float) -> None:
+        delta = self._delta(key, value)
+        if delta > 0:
+            counter.inc(delta)

@@ -1,0 +1,223 @@
+"""POST /v1/tenants/{tenant}/events and GET /metrics against real PostgreSQL and NATS JetStream.
+
+Each test uses its own stream and subject prefix and deletes the stream at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client
+
+from alertwarden.api import create_app
+from alertwarden.events import Signal
+from alertwarden.metrics import Metrics
+from alertwarden.sources.jetstream import JetStreamInput, JetStreamSettings, StreamMessage
+from alertwarden.store.postgres import PostgresStore
+
+NATS_URL = "nats://127.0.0.1:4222"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+MAX_BODY_BYTES = 4096
+MAX_EVENTS = 5
+
+
+@dataclass
+class Env:
+    client: httpx.AsyncClient
+    nc: Client
+    settings: JetStreamSettings
+    metrics: Metrics
+
+
+@pytest.fixture
+async def store(pg_store_url: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(pg_store_url, pool_max=4)
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def env(store: PostgresStore) -> AsyncIterator[Env]:
+    try:
+        nc = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0)
+    except (nats.errors.NoServersError, OSError) as error:
+        pytest.skip(f"no NATS server at {NATS_URL}: {error}")
+    js = nc.jetstream()
+    prefix = "t" + uuid.uuid4().hex[:12]
+    settings = JetStreamSettings(
+        url=NATS_URL,
+        stream=f"AW_TEST_{prefix}",
+        logs_subject=f"{prefix}.logs.{{tenant}}.>",
+        events_subject=f"{prefix}.events.{{tenant}}.>",
+        max_age_s=600,
+        max_bytes=64 * 1024 * 1024,
+        fetch_timeout_s=0.5,
+    )
+    metrics = Metrics()
+    app = create_app(
+        store,
+        admin_token=ADMIN_TOKEN,
+        max_body_bytes=MAX_BODY_BYTES,
+        jetstream=js,
+        jetstream_settings=settings,
+        max_ingest_events=MAX_EVENTS,
+        metrics=metrics,
+    )
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            yield Env(client, nc, settings, metrics)
+    finally:
+        try:
+            await js.delete_stream(settings.stream)
+        except nats.errors.Error:
+            pass  # The test failed before a request created the stream.
+        await nc.close()
+
+
+async def create_tenant(client: httpx.AsyncClient) -> str:
+    tenant = f"t-{uuid.uuid4().hex[:12]}"
+    response = await client.put(f"/v1/tenants/{tenant}", headers=ADMIN)
+    assert response.status_code == 201, response.text
+    return tenant
+
+
+async def tenant_headers(client: httpx.AsyncClient, tenant: str) -> dict[str, str]:
+    response = await client.post(f"/v1/tenants/{tenant}/tokens", headers=ADMIN, json={"name": "ci"})
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+async def stored_messages(env: Env, tenant: str, expected: int) -> list[StreamMessage]:
+    """Read the tenant's messages back until `expected` arrived or the input has caught up."""
+    messages: list[StreamMessage] = []
+    async with JetStreamInput(env.nc.jetstream(), env.settings, tenant) as reader:
+        while len(messages) < expected:
+            batch = await reader.fetch_batch()
+            if not batch:
+                break
+            messages.extend(record for record in batch if isinstance(record, StreamMessage))
+    return messages
+
+
+async def test_ingest_stores_events(env: Env) -> None:
+    tenant = await create_tenant(env.client)
+    headers = await tenant_headers(env.client, tenant)
+    events = [
+        {"id": "log-1", "message": "Failed password for root"},
+        {"class_uid": 3002, "metadata": {"uid": "ocsf-1"}, "status": "Failure"},
+    ]
+    response = await env.client.post(f"/v1/tenants/{tenant}/events", headers=headers, json=events)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 2, "duplicates": 0}
+
+    messages = await stored_messages(env, tenant, 2)
+    assert [message.signal for message in messages] == [Signal.LOGS, Signal.EVENTS]
+    assert [message.msg_id for message in messages] == ["log-1", "ocsf-1"]
+    assert [json.loads(message.data) for message in messages] == events
+
+
+async def test_ingest_single_object(env: Env) -> None:
+    tenant = await create_tenant(env.client)
+    response = await env.client.post(
+        f"/v1/tenants/{tenant}/events", headers=ADMIN, params={"signal": "events"}, json={"event_id": 7}
+    )
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 1, "duplicates": 0}
+    messages = await stored_messages(env, tenant, 1)
+    assert len(messages) == 1
+    assert messages[0].signal is Signal.EVENTS
+    assert messages[0].msg_id == "7"
+
+
+async def test_ingest_duplicate_id(env: Env) -> None:
+    tenant = await create_tenant(env.client)
+    path = f"/v1/tenants/{tenant}/events"
+    first = await env.client.post(path, headers=ADMIN, json={"id": "same", "n": 1})
+    second = await env.client.post(path, headers=ADMIN, json=[{"id": "same", "n": 2}, {"n": 3}])
+    assert first.json() == {"accepted": 1, "duplicates": 0}
+    assert second.status_code == 202, second.text
+    assert second.json() == {"accepted": 1, "duplicates": 1}
+
+    messages = await stored_messages(env, tenant, 3)
+    assert [json.loads(message.data) for message in messages] == [{"id": "same", "n": 1}, {"n": 3}]
+
+
+async def test_ingest_limits(env: Env) -> None:
+    tenant = await create_tenant(env.client)
+    path = f"/v1/tenants/{tenant}/events"
+
+    too_many = await env.client.post(path, headers=ADMIN, json=[{"n": n} for n in range(MAX_EVENTS + 1)])
+    assert too_many.status_code == 413
+    assert f"limit of {MAX_EVENTS}" in too_many.json()["detail"]
+
+    too_large = await env.client.post(path, headers=ADMIN, json={"message": "x" * MAX_BODY_BYTES})
+    assert too_large.status_code == 413
+
+    not_object = await env.client.post(path, headers=ADMIN, json=[{"n": 1}, "text"])
+    assert not_object.status_code == 422
+    detail = not_object.json()["detail"][0]
+    assert detail["loc"] == ["body", 1]
+    assert "index 1" in detail["msg"]
+
+    invalid_json = await env.client.post(path, headers=ADMIN, content=b"{not json")
+    assert invalid_json.status_code == 422
+
+    valid = await env.client.post(path, headers=ADMIN, json={"n": "valid"})
+    assert valid.status_code == 202, valid.text
+    messages = await stored_messages(env, tenant, 2)
+    assert [json.loads(message.data) for message in messages] == [{"n": "valid"}]
+
+
+async def test_ingest_other_tenant(env: Env) -> None:
+    owner = await create_tenant(env.client)
+    other = await create_tenant(env.client)
+    headers = await tenant_headers(env.client, other)
+    response = await env.client.post(f"/v1/tenants/{owner}/events", headers=headers, json={"n": 1})
+    assert response.status_code == 404
+    missing = await env.client.post("/v1/tenants/no-such-tenant/events", headers=ADMIN, json={"n": 1})
+    assert missing.status_code == 404
+    unauthenticated = await env.client.post(f"/v1/tenants/{owner}/events", json={"n": 1})
+    assert unauthenticated.status_code == 401
+
+
+async def test_ingest_without_jetstream(store: PostgresStore) -> None:
+    app = create_app(store, admin_token=ADMIN_TOKEN)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        tenant = await create_tenant(client)
+        response = await client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json={"n": 1})
+        metrics = await client.get("/metrics", headers=ADMIN)
+    assert response.status_code == 503
+    assert "no JetStream connection" in response.json()["detail"]
+    assert metrics.status_code == 503
+
+
+async def test_ingest_jetstream_closed(env: Env) -> None:
+    tenant = await create_tenant(env.client)
+    await env.nc.close()
+    response = await env.client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json={"n": 1})
+    assert response.status_code == 503
+    assert "retry later" in response.json()["detail"]
+
+
+async def test_metrics_endpoint(env: Env) -> None:
+    env.metrics.record_restart("acme", "main")
+    response = await env.client.get("/metrics", headers=ADMIN)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'alertwarden_evaluator_restarts_total{rule_group="main",tenant="acme"} 1.0' in response.text
+
+    assert (await env.client.get("/metrics")).status_code == 401
+    tenant = await create_tenant(env.client)
+    tenant_response = await env.client.get("/metrics", headers=await tenant_headers(env.client, tenant))
+    assert tenant_response.status_code == 403
