@@ -593,24 +593,7 @@ class PostgresStore:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"invalid history limit {limit!r}: pass an integer of 1 or more")
 
-        # The clauses are fixed strings, and every value is a bound parameter. The `at` bounds
-        # with one second of slack let PostgreSQL skip partitions, and at_s filters exactly.
-        clauses: list[LiteralString] = ["tenant_id = %s"]
-        params: list[Any] = [check_text("tenant", tenant)]
-        if rule_id is not None:
-            clauses.append("rule_id = %s")
-            params.append(check_text("rule_id", rule_id))
-        if kind is not None:
-            clauses.append("kind = %s")
-            params.append(check_text("kind", kind))
-        if since_s is not None:
-            since = check_time("since_s", since_s)
-            clauses.append("at >= to_timestamp(%s) - interval '1 second' AND at_s >= %s")
-            params.extend((since, since))
-        if until_s is not None:
-            until = check_time("until_s", until_s)
-            clauses.append("at < to_timestamp(%s) + interval '1 second' AND at_s < %s")
-            params.extend((until, until))
+        clauses, params = _history_filters(tenant, rule_id, kind, None, since_s, until_s)
         params.append(min(limit, HISTORY_LIMIT_MAX))
 
         where: LiteralString = " AND ".join(clauses)
@@ -938,25 +921,7 @@ class PostgresStore:
         field with the given value.
         """
         check_int("limit", limit, 1, HISTORY_LIMIT_MAX + 1)
-        clauses: list[LiteralString] = ["tenant_id = %s"]
-        params: list[Any] = [check_text("tenant", tenant)]
-        if rule_id is not None:
-            clauses.append("rule_id = %s")
-            params.append(check_text("rule_id", rule_id))
-        if kind is not None:
-            clauses.append("kind = %s")
-            params.append(check_text("kind", kind))
-        if group is not None:
-            clauses.append("group_key @> %s::jsonb")
-            params.append(_encode_json("group filter", group))
-        if since_s is not None:
-            since = check_time("since_s", since_s)
-            clauses.append("at >= to_timestamp(%s) - interval '1 second' AND at_s >= %s")
-            params.extend((since, since))
-        if until_s is not None:
-            until = check_time("until_s", until_s)
-            clauses.append("at < to_timestamp(%s) + interval '1 second' AND at_s < %s")
-            params.extend((until, until))
+        clauses, params = _history_filters(tenant, rule_id, kind, group, since_s, until_s)
         if after is not None:
             after_at = check_time("cursor at", after[0])
             clauses.append("at >= to_timestamp(%s) - interval '1 second' AND (at_s, id) > (%s, %s)")
@@ -977,6 +942,41 @@ class PostgresStore:
 
 async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
     conn.adapters.register_dumper(_BinaryArray, _BinaryArrayDumper)
+
+
+def _history_filters(
+    tenant: str,
+    rule_id: str | None,
+    kind: str | None,
+    group: Any,
+    since_s: float | None,
+    until_s: float | None,
+) -> tuple[list[LiteralString], list[Any]]:
+    """Build the WHERE clauses and parameters shared by the history queries.
+
+    The clauses are fixed strings and every value is a bound parameter. The `at` bounds with one
+    second of slack let PostgreSQL skip partitions, and at_s filters exactly.
+    """
+    clauses: list[LiteralString] = ["tenant_id = %s"]
+    params: list[Any] = [check_text("tenant", tenant)]
+    if rule_id is not None:
+        clauses.append("rule_id = %s")
+        params.append(check_text("rule_id", rule_id))
+    if kind is not None:
+        clauses.append("kind = %s")
+        params.append(check_text("kind", kind))
+    if group is not None:
+        clauses.append("group_key @> %s::jsonb")
+        params.append(_encode_json("group filter", group))
+    if since_s is not None:
+        since = check_time("since_s", since_s)
+        clauses.append("at >= to_timestamp(%s) - interval '1 second' AND at_s >= %s")
+        params.extend((since, since))
+    if until_s is not None:
+        until = check_time("until_s", until_s)
+        clauses.append("at < to_timestamp(%s) + interval '1 second' AND at_s < %s")
+        params.extend((until, until))
+    return clauses, params
 
 
 def _describe_url(url: str) -> str:
