@@ -457,8 +457,10 @@ async def test_sweep_removes_unkept_state(store: PostgresStore) -> None:
     assert report.checkpoint_rows >= 3
     assert sorted(kept_g.groups) == ["r1"]
     assert kept_g.checkpoint is not None
-    assert kept_off.groups == {} and kept_off.checkpoint is None
-    assert off_g.groups == {} and off_g.checkpoint is None
+    assert kept_off.groups == {}
+    assert kept_off.checkpoint is None
+    assert off_g.groups == {}
+    assert off_g.checkpoint is None
     assert sorted(free_g.groups) == ["gone", "r1"]
     assert await store.ensure_tenant(kept) is True
     assert await store.ensure_tenant(flag_off) is False

@@ -144,8 +144,8 @@ def run(
 ) -> None:
     """Evaluate the rules over an input, keeping state in a SQLite file.
 
-    Started again on the same input, it resumes after the last checkpoint: a run that was
-    killed produces exactly the transitions of one that was not.
+    Started again on the same input, it resumes after the last checkpoint, so a run that is
+    killed and restarted stores exactly the transitions of an uninterrupted run.
     """
     configure_logging(log_level, log_format)
     options = InputOptions(input_path, fmt, pattern, time_format, year, timezone, max_line_bytes)

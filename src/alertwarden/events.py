@@ -16,7 +16,7 @@ class Signal(enum.StrEnum):
 
 
 class SkipReason(enum.StrEnum):
-    """Why an input record was skipped; the label of the invalid-record metric."""
+    """Reason an input record was skipped, used as the label of the invalid-record metric."""
 
     MALFORMED = "malformed"
     NOT_AN_OBJECT = "not_an_object"
@@ -58,7 +58,7 @@ class FieldPath:
         parts = text.split(".")
         self._simple = len(parts) == 1
         # For each segment index, the literal keys that can start there, longest first, with
-        # the index after each; built once because lookups run per event and per rule.
+        # the index after each. They are built once because lookups run per event and per rule.
         self._candidates = tuple(
             tuple((".".join(parts[start:end]), end) for end in range(len(parts), start, -1))
             for start in range(len(parts))

@@ -5,7 +5,7 @@ Order of work for each input record, which is what makes a killed run restart ex
 2. a flush when a flush boundary was crossed: changed groups, forgotten groups and the checkpoint
    (offset of this record, not yet applied) in one transaction;
 3. the record itself (count); its transitions are stored, then sent.
-A transition is written with its group's new state before any sink sees it, so a crash after the
+A transition is written with its group's new state before any sink receives it, so a crash after the
 write neither loses it (it is in the outbox and sent on restart) nor repeats it (the group is
 frozen during the replay until the step of the transition).
 """
@@ -201,7 +201,7 @@ class RuleGroupPipeline:
         """Write changed and forgotten groups and the checkpoint in one transaction.
 
         While the store is failing, flushes wait for the backoff to pass (unless `force`) and
-        the evaluator keeps its changes in memory; the first flush that succeeds writes the
+        the evaluator keeps its changes in memory. The first flush that succeeds writes the
         current state of every group changed since the last good flush.
         """
         if not force and self._in_backoff():

@@ -97,13 +97,13 @@ class EngineStats:
 
 @dataclass(slots=True)
 class RestoreReport:
-    """What a restore did, for the runner to log."""
+    """Outcome of a restore, for the runner to log."""
 
     groups: int = 0
     frozen: int = 0
     reset_rules: set[str] = field(default_factory=set)
     # `recovered` transitions for groups that were firing when their rule's window or bucket
-    # changed; the pipeline stores and sends them so receivers see the alert resolve.
+    # changed. The pipeline stores and sends them, so receivers see the alert resolve.
     reset_transitions: list[Transition] = field(default_factory=list)
     dropped_unknown_rules: set[str] = field(default_factory=set)
 
@@ -111,18 +111,18 @@ class RestoreReport:
 _WRONG_TYPE = object()
 
 MAX_KEY_CHARS = 400
-"""Longest group key, in characters of all its values together. Longer keys, and values with a
+"""Maximum length of a group key, in characters of all its values together. Longer keys, and values with a
 NUL byte, cannot be stored (a PostgreSQL btree index row holds at most 2704 bytes, and neither
 SQLite nor PostgreSQL text holds NUL), so such events skip the rule and count as invalid_key."""
 MAX_CAPTURE_CHARS = 1024
-"""Longest regex capture kept with a transition for rendering annotations."""
+"""Maximum length of a regex capture kept with a transition for rendering annotations."""
 
 
 class _RuleDispatch:
     """Picks the rules an event can match, so most events test one rule and not all of them.
 
     A rule with an index hint can only match an event whose string value at the hint's path is
-    one of the hint's values; rules without a hint, and every rule when the value is not a
+    one of the hint's values. Rules without a hint, and every rule when the value is not a
     string, go through their full match filter.
     """
 

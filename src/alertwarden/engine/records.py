@@ -97,7 +97,7 @@ class Transition:
     snapshot: GroupSnapshot
     captures: dict[str, Any] = field(default_factory=dict, compare=False)
     reason: str | None = None
-    """Why a transition happened outside the rules, such as a group reset by a rule change."""
+    """Reason for a transition made outside the rules, such as a group reset by a rule change."""
 
     @property
     def key(self) -> GroupKey:
@@ -126,7 +126,7 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Where a rule group's input stood at its last flush, and its clock at that point.
+    """Position of a rule group's input at its last flush, and its clock at that point.
 
     - source: identity of the input (for a file: device, inode and a fingerprint of its start).
     - offset: byte offset (or stream sequence) of the first record not yet applied.

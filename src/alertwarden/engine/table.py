@@ -6,7 +6,7 @@ for 10 buckets, key included). Flat arrays indexed by a slot number bring that t
 buckets (bench/engine_throughput.py, 100,000 one-field keys).
 
 Ring layout: slot s owns counts[s * N : (s + 1) * N]. Bucket b lives at position b % N. The ring
-holds the buckets (head - N, head], head being the newest bucket that received an event, and
+contains the buckets (head - N, head], head being the newest bucket that received an event, and
 `totals[s]` is their sum, so the count of a group whose head is the current bucket is one lookup.
 """
 
@@ -25,7 +25,7 @@ SUPPRESSED = 2
 NO_TIME = math.nan
 """Stored in the time arrays for 'never'; NaN compares false with everything."""
 GROWTH_MIN_SLOTS = 1024
-"""Fewest slots the arrays grow by at once."""
+"""Minimum number of slots the arrays grow by at once."""
 
 
 def _nan_block(count: int) -> array:

@@ -11,7 +11,7 @@ from alertwarden.engine.records import Checkpoint, FlushBatch, GroupSnapshot, Tr
 
 @dataclass(slots=True)
 class StoredState:
-    """What a store returns on load: the last snapshot of every group and the checkpoint."""
+    """Result of a load: the last snapshot of every group and the checkpoint."""
 
     groups: dict[str, list[GroupSnapshot]] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
@@ -39,7 +39,7 @@ class StateStore(Protocol):
 
     Contract the runner relies on for exact recovery:
     - record_transitions writes the history rows and the group rows of their snapshots in one
-      transaction, before any sink sees the transitions.
+      transaction, before any sink receives the transitions.
     - flush writes the changed groups, deletes the forgotten ones and stores the checkpoint in
       one transaction, so a crash leaves the old snapshot or the new one, never a mix.
     - A group row written by record_transitions carries a later `position` than the checkpoint;
