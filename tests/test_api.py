@@ -535,6 +535,7 @@ async def test_healthz_and_readyz(client: httpx.AsyncClient) -> None:
 
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "checks": {"store": "ok"}}
 
 
 async def test_readyz_store_closed(pg_store_url: str) -> None:
@@ -548,6 +549,7 @@ async def test_readyz_store_closed(pg_store_url: str) -> None:
         response = await client.get("/readyz")
 
     assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "checks": {"store": "unreachable"}}
 
 
 EXPECTED_OPERATIONS = {

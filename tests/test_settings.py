@@ -59,20 +59,33 @@ def test_settings_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("a.yaml, rules/b.yaml", (Path("a.yaml"), Path("rules/b.yaml"))),
-        ('["a.yaml", "with,comma.yaml"]', (Path("a.yaml"), Path("with,comma.yaml"))),
+        ("acme=a.yaml, globex=rules/b.yaml", (("acme", Path("a.yaml")), ("globex", Path("rules/b.yaml")))),
+        ('["acme=a.yaml", "acme=with,comma.yaml"]', (("acme", Path("a.yaml")), ("acme", Path("with,comma.yaml")))),
+        ("acme = x=y.yaml", (("acme", Path("x=y.yaml")),)),
     ],
 )
-def test_settings_rule_files(monkeypatch: pytest.MonkeyPatch, value: str, expected: tuple[Path, ...]) -> None:
+def test_settings_rule_files(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: tuple[tuple[str, Path], ...]
+) -> None:
     monkeypatch.setenv("ALERTWARDEN_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("ALERTWARDEN_RULE_FILES", value)
-    assert load_settings().rule_files == expected
+    entries = load_settings().rule_files
+    assert [(entry.tenant, entry.path) for entry in entries] == list(expected)
 
 
-def test_settings_token_missing() -> None:
+@pytest.mark.parametrize("value", ["a.yaml", "=a.yaml", "acme=", "a.b=x.yaml"])
+def test_settings_rule_files_invalid(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("ALERTWARDEN_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("ALERTWARDEN_RULE_FILES", value)
     with pytest.raises(ConfigError) as caught:
         load_settings()
-    assert "ALERTWARDEN_ADMIN_TOKEN: missing" in str(caught.value)
+    assert "ALERTWARDEN_RULE_FILES" in str(caught.value)
+
+
+def test_settings_token_optional() -> None:
+    settings = load_settings()
+    assert settings.admin_token is None
+    assert settings.admin_token_file == Path("alertwarden-admin-token")
 
 
 def test_settings_token_short(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,8 @@ from alertwarden.logs import configure_logging, get_logger
 from alertwarden.pipeline import RuleGroupPipeline
 from alertwarden.rules import CompiledRule, explain_rules, format_duration, load_rules_files, parse_duration
 from alertwarden.runner import InputRunner, ProgressReporter, RunSummary
+from alertwarden.service.runtime import Service
+from alertwarden.settings import load_settings
 from alertwarden.sinks.base import Notification, Sink
 from alertwarden.sinks.stdout import ConsoleSink, JsonLinesSink
 from alertwarden.sinks.webhook import WebhookSink
@@ -268,6 +270,23 @@ def migrate(
             )
 
 
+@app.command()
+def serve(
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "auto",
+) -> None:
+    """Run the service: the REST API and every tenant's rules over NATS JetStream.
+
+    Settings come from ALERTWARDEN_* environment variables (see docs/operations.md). With none
+    set it uses PostgreSQL at 127.0.0.1:5432 (database alertwarden, created if missing) and NATS
+    at 127.0.0.1:4222, and listens on 127.0.0.1:8080.
+    """
+    configure_logging(log_level, log_format)
+    with _exit_on_error():
+        settings = load_settings()
+        asyncio.run(Service(settings).run())
+
+
 @rules_app.command("check")
 def rules_check(
     paths: Annotated[list[Path], typer.Argument(metavar="FILE", help="YAML rule files to validate together.")],
@@ -366,7 +385,8 @@ async def _register_rules(store: PostgresStore, tenant: str, rules: list[Compile
         by_group[rule.group].append(rule)
     for group, group_rules in sorted(by_group.items()):
         definitions = [
-            (rule.id, rule.definition.model_dump(mode="json"), rule.enabled) for rule in group_rules
+            (rule.id, rule.definition.model_dump(mode="json", by_alias=True), rule.enabled)
+            for rule in group_rules
         ]
         await store.sync_rules(tenant, group, definitions, source="file")
     await store.sweep()

@@ -99,6 +99,30 @@ class Metrics:
             registry=registry,
         )
 
+        self.records_skipped = Counter(
+            "alertwarden_records_skipped",
+            "Input records a rule group skipped before evaluation, by reason (malformed,"
+            " not_an_object, bad_timestamp, oversized, invalid_utf8, wrong_type).",
+            ["tenant", "rule_group", "reason"],
+            registry=registry,
+        )
+        self.rule_healthy = Gauge(
+            "alertwarden_rule_healthy",
+            "1 while a rule runs without errors, 0 while it is unhealthy (regex searches timed"
+            " out in the last 5 minutes).",
+            ["tenant", "rule"],
+            registry=registry,
+        )
+
+    def record_skipped_total(self, tenant: str, rule_group: str, reason: str, total: int) -> None:
+        """Set the skipped-record counter of a rule group and reason to its cumulative `total`."""
+        key = ("records_skipped", tenant, rule_group, reason)
+        self._add(self.records_skipped.labels(tenant, rule_group, reason), key, total)
+        self._add(self.events.labels(tenant, EventResult.INVALID), ("invalid", tenant, rule_group, reason), total)
+
+    def set_rule_health(self, tenant: str, rule_id: str, healthy: bool) -> None:
+        self.rule_healthy.labels(tenant, rule_id).set(1 if healthy else 0)
+
     def render(self) -> bytes:
         """Return every metric in the Prometheus text format."""
         return generate_latest(self.registry)

@@ -182,6 +182,20 @@ class RuleGroupPipeline:
             await self._emit(transitions)
         await self._flush_if_due(offset)
 
+    async def tick_idle(self, now_s: float, offset: int) -> None:
+        """Move the clock while the input is idle and caught up at `offset`.
+
+        A tick that made transitions is flushed at once. Its transitions share the step of the
+        record at `offset`, whose own boundary ticks may follow; without the flush, a restart
+        from an earlier checkpoint would hold both under one frozen position and skip the second.
+        """
+        transitions = self.evaluator.advance(now_s, offset)
+        if not transitions:
+            await self._flush_if_due(offset)
+            return
+        await self._emit(transitions)
+        await self.flush(offset)
+
     # ---------------------------------------------------------------- flush
 
     def _flush_bucket(self, now_s: float) -> int:

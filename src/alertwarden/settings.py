@@ -11,13 +11,22 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from alertwarden.engine.evaluator import EngineSettings
 from alertwarden.errors import ConfigError
 from alertwarden.pipeline import DEFAULT_HISTORY_RETENTION_S
-from alertwarden.sources.jetstream import JetStreamSettings
+from alertwarden.sources.jetstream import JetStreamSettings, validate_tenant
 
 ENV_PREFIX = "ALERTWARDEN_"
 NESTED_DELIMITER = "__"
@@ -38,6 +47,35 @@ class IngestLimits(BaseModel):
     """Maximum number of events in one request; more get 413."""
 
 
+class RuleFile(BaseModel):
+    """A rule file and the tenant its rules belong to, written `tenant=path`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: str
+    path: Path
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_entry(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        tenant, separator, path = value.partition("=")
+        if not separator or not tenant.strip() or not path.strip():
+            raise ValueError(
+                f"invalid rule file entry {value!r}: write tenant=path, such as acme=/etc/alertwarden/acme.yaml"
+            )
+        return {"tenant": tenant.strip(), "path": path.strip()}
+
+    @field_validator("tenant")
+    @classmethod
+    def _check_tenant(cls, tenant: str) -> str:
+        try:
+            return validate_tenant(tenant)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+
+
 class Settings(BaseSettings):
     """Settings of the service: store, NATS JetStream, HTTP listener, admin token and limits."""
 
@@ -51,6 +89,8 @@ class Settings(BaseSettings):
 
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/alertwarden")
     """PostgreSQL connection URL; secret because it may contain a password."""
+    database_pool_max: int = Field(default=10, ge=1, le=1000)
+    """Connections the service keeps to PostgreSQL at most; evaluators and the API share them."""
     nats_url: SecretStr = SecretStr(_JETSTREAM_DEFAULTS.url)
     """NATS server URL; secret because it may contain credentials."""
     stream: str = _JETSTREAM_DEFAULTS.stream
@@ -58,16 +98,39 @@ class Settings(BaseSettings):
     events_subject: str = _JETSTREAM_DEFAULTS.events_subject
     bind_host: str = "127.0.0.1"
     bind_port: int = Field(default=8080, ge=1, le=65535)
-    admin_token: SecretStr
-    """Bearer token that may call every API endpoint; at least MIN_ADMIN_TOKEN_CHARS characters."""
-    rule_files: Annotated[tuple[Path, ...], NoDecode] = ()
+    admin_token: SecretStr | None = None
+    """Bearer token that may call every API endpoint; at least MIN_ADMIN_TOKEN_CHARS characters.
+    Unset, `serve` reads it from admin_token_file, creating that file with a random token."""
+    admin_token_file: Path = Path("alertwarden-admin-token")
+    rule_files: Annotated[tuple[RuleFile, ...], NoDecode] = ()
+    """Rule files loaded at start and reloaded when they change, as `tenant=path` entries."""
+    rules_poll_s: float = Field(default=5.0, gt=0)
+    """Interval at which rule definitions, tenant flags and rule files are checked for changes."""
+    tick_delay_s: float = Field(default=2.0, ge=0)
+    """How far behind the wall clock an idle evaluator's clock stays, to absorb the difference
+    between this host's clock and the NATS server's."""
+    fetch_batch: int = Field(default=_JETSTREAM_DEFAULTS.fetch_batch, ge=1, le=10_000)
+    fetch_timeout_s: float = Field(default=_JETSTREAM_DEFAULTS.fetch_timeout_s, gt=0)
+    queue_batches: int = Field(default=4, ge=1, le=1000)
+    """Fetched batches an evaluator may have waiting; its fetcher waits beyond it."""
+    max_message_bytes: int = Field(default=1_048_576, ge=1)
+    stream_max_age_s: float = Field(default=_JETSTREAM_DEFAULTS.max_age_s, gt=0)
+    stream_max_bytes: int = Field(default=_JETSTREAM_DEFAULTS.max_bytes, ge=1)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    """Time a graceful stop may take before the process exits at once."""
+    webhook_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    """Webhooks that receive every transition of every tenant, as JSON."""
+    stdout_alerts: bool = False
+    """Also print every transition as one JSON line on standard output."""
     max_future_skew_s: float = Field(default=EngineSettings().max_future_skew_s, gt=0)
     ingest: IngestLimits = IngestLimits()
     history_retention_s: float = Field(default=DEFAULT_HISTORY_RETENTION_S, gt=0)
 
     @field_validator("admin_token")
     @classmethod
-    def _check_admin_token(cls, token: SecretStr) -> SecretStr:
+    def _check_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None:
+            return None
         length = len(token.get_secret_value())
         if length < MIN_ADMIN_TOKEN_CHARS:
             raise ValueError(
@@ -75,9 +138,9 @@ class Settings(BaseSettings):
             )
         return token
 
-    @field_validator("rule_files", mode="before")
+    @field_validator("rule_files", "webhook_urls", mode="before")
     @classmethod
-    def _split_rule_files(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
         text = value.strip()
@@ -102,6 +165,10 @@ class Settings(BaseSettings):
             stream=self.stream,
             logs_subject=self.logs_subject,
             events_subject=self.events_subject,
+            max_age_s=self.stream_max_age_s,
+            max_bytes=self.stream_max_bytes,
+            fetch_batch=self.fetch_batch,
+            fetch_timeout_s=self.fetch_timeout_s,
         )
 
 
@@ -120,7 +187,7 @@ def load_settings() -> Settings:
     because some of them are secrets.
     """
     try:
-        return Settings()  # type: ignore[call-arg]  # admin_token comes from the environment
+        return Settings()
     except ValidationError as error:
         raise ConfigError(describe_errors(error)) from None
 

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alertwarden.api import routes_history, routes_ingest, routes_metrics, routes_rules, routes_tenants
 from alertwarden.api.auth import admin_digest
-from alertwarden.api.deps import ApiContext
+from alertwarden.api.deps import ApiContext, ServiceHooks
 from alertwarden.api.models import Health
 from alertwarden.errors import ConfigError, StoreError
 from alertwarden.metrics import Metrics
@@ -36,6 +36,7 @@ def create_app(
     jetstream_settings: JetStreamSettings | None = None,
     max_ingest_events: int = routes_ingest.DEFAULT_MAX_EVENTS,
     metrics: Metrics | None = None,
+    service: ServiceHooks | None = None,
 ) -> FastAPI:
     """Build the REST API over an open PostgresStore.
 
@@ -44,6 +45,8 @@ def create_app(
     jetstream is where the ingest endpoint publishes, to the stream and subjects of
     jetstream_settings, at most max_ingest_events per request; without it that endpoint
     returns 503. metrics is what GET /metrics returns; without it that endpoint returns 503.
+    service is the running service: readiness includes its evaluators, rules show their
+    run-time health, and rule or flag changes reach its evaluators at once.
     """
     if len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
         raise ConfigError(
@@ -60,7 +63,9 @@ def create_app(
         summary="Tenants, rules, group state and transition history of alertwarden.",
         version="1",
     )
-    app.state.api_context = ApiContext(store=store, admin_sha256=admin_digest(admin_token), clock=clock)
+    app.state.api_context = ApiContext(
+        store=store, admin_sha256=admin_digest(admin_token), clock=clock, service=service
+    )
     app.state.ingest = routes_ingest.IngestContext(
         js=jetstream,
         settings=jetstream_settings or JetStreamSettings(),
@@ -76,26 +81,33 @@ def create_app(
     app.include_router(routes_metrics.router)
 
     @app.get("/healthz", summary="Report that the process is up", response_model=Health,
+             response_model_exclude_unset=True,
              responses={200: {"description": "The process serves requests."}})
     async def healthz() -> Health:
         return Health(status="ok")
 
     @app.get(
         "/readyz",
-        summary="Report whether the store is reachable",
+        summary="Report whether the store, JetStream and the evaluators are ready",
         response_model=Health,
         responses={
-            200: {"description": "The store answered a query."},
-            503: {"description": "The store did not answer.", "model": Health},
+            200: {"description": "The store answered, JetStream is connected and every evaluator started."},
+            503: {"description": "A check failed; `checks` names it.", "model": Health},
         },
     )
     async def readyz() -> Any:
+        checks: dict[str, str] = {}
         try:
             await store.ping()
+            checks["store"] = "ok"
         except StoreError as error:
             log.warning("readiness check failed: %s", error)
-            return JSONResponse({"status": "unavailable"}, status_code=503)
-        return Health(status="ok")
+            checks["store"] = "unreachable"
+        if service is not None:
+            checks.update(service.readiness().checks)
+        ready = all(value == "ok" for value in checks.values())
+        body = Health(status="ok" if ready else "unavailable", checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -19,13 +19,32 @@ _bearer = HTTPBearer(auto_error=False, description="The admin token or a tenant 
 _UNKNOWN_DIGEST = bytes(32)
 
 
+class ServiceHooks(Protocol):
+    """What the API reads from and tells the running service (`alertwarden serve`)."""
+
+    def readiness(self) -> Any: ...
+
+    def rule_health(self, tenant: str, rule_id: str) -> dict[str, Any]: ...
+
+    def rules_changed(self) -> None: ...
+
+    def refresh_metrics(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ApiContext:
-    """State shared by the routes: the store, the admin token's digest and the wall clock."""
+    """State shared by the routes: the store, the admin token's digest, the wall clock and the
+    running service, which is None when the API runs without evaluators (tests, tools)."""
 
     store: PostgresStore
     admin_sha256: bytes
     clock: Callable[[], float] = field(default=time.time)
+    service: ServiceHooks | None = None
+
+    def rules_changed(self) -> None:
+        """Tell the service to apply rule or flag changes now rather than at its next poll."""
+        if self.service is not None:
+            self.service.rules_changed()
 
 
 def context(request: Request) -> ApiContext:

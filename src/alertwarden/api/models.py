@@ -72,6 +72,9 @@ class RuleOut(BaseModel):
     source: str = Field(description="file (rule file sync) or api.")
     updated_at: str
     definition: dict[str, Any] = Field(description="The rule in the rule file format.")
+    health: RuleHealth | None = Field(
+        None, description="Run-time status on the serving node; absent without a running service."
+    )
 
 
 class RuleList(BaseModel):
@@ -110,7 +113,19 @@ class HistoryPage(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or unavailable when a check failed.")
+    checks: dict[str, str] = Field(
+        default_factory=dict,
+        description="Each check (store, jetstream, evaluators) with ok or what is wrong.",
+    )
+
+
+class RuleHealth(BaseModel):
+    status: str = Field(
+        description="healthy, unhealthy (regex timeouts, or a stored definition that does not"
+        " compile), starting, or inactive (disabled, or the tenant's flag is off)."
+    )
+    reason: str | None = None
 
 
 def error_detail(location: list[str | int], message: str, value: object) -> list[dict[str, Any]]:

@@ -31,4 +31,7 @@ async def metrics(caller: Caller, request: Request) -> Response:
     registry: Metrics | None = request.app.state.metrics
     if registry is None:
         raise HTTPException(503, "metrics are disabled: this server was built without a Metrics object")
+    service = request.app.state.api_context.service
+    if service is not None:
+        service.refresh_metrics()
     return Response(registry.render(), media_type=CONTENT_TYPE)

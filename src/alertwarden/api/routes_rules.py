@@ -8,12 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
 from pydantic import ValidationError
 
-from alertwarden.api.deps import Api, TenantScope, not_found
+from alertwarden.api.deps import Api, ApiContext, TenantScope, not_found
 from alertwarden.api.models import (
     DEFAULT_PAGE_LIMIT,
     MAX_PAGE_LIMIT,
     GroupOut,
     GroupPage,
+    RuleHealth,
     RuleList,
     RuleOut,
     decode_cursor,
@@ -42,9 +43,15 @@ RuleId = Annotated[
 router = APIRouter(prefix="/v1/tenants/{tenant}/rules", tags=["rules"])
 
 
-def _rule_out(row: tuple[str, str, dict[str, Any], bool, int, str, Any]) -> RuleOut:
+def _rule_out(
+    row: tuple[str, str, dict[str, Any], bool, int, str, Any], api: ApiContext, tenant: str
+) -> RuleOut:
     rule_id, rule_group, definition, enabled, version, source, updated_at = row
+    health = None
+    if api.service is not None:
+        health = RuleHealth.model_validate(api.service.rule_health(tenant, rule_id))
     return RuleOut(
+        health=health,
         id=rule_id,
         rule_group=rule_group,
         enabled=enabled,
@@ -70,7 +77,7 @@ def _parse_if_match(value: str | None) -> int | None:
 @router.get("", summary="List the tenant's rules", response_model=RuleList, responses=_SCOPED)
 async def list_rules(tenant: TenantScope, api: Api) -> RuleList:
     rows = await api.store.rule_definitions(tenant)
-    return RuleList(items=[_rule_out(row) for row in rows])
+    return RuleList(items=[_rule_out(row, api, tenant) for row in rows])
 
 
 @router.get(
@@ -83,7 +90,7 @@ async def get_rule(tenant: TenantScope, rule_id: RuleId, api: Api, response: Res
     rows = await api.store.rule_definitions(tenant, rule_id)
     if not rows:
         raise not_found(f"rule {rule_id!r} of tenant {tenant!r}")
-    rule = _rule_out(rows[0])
+    rule = _rule_out(rows[0], api, tenant)
     response.headers["ETag"] = _etag(rule.version)
     return rule
 
@@ -125,7 +132,8 @@ async def put_rule(
             " new ETag",
         )
     rows = await api.store.rule_definitions(tenant, rule_id)
-    rule = _rule_out(rows[0]) if rows else None
+    api.rules_changed()
+    rule = _rule_out(rows[0], api, tenant) if rows else None
     if rule is None or rule.version != version:
         # A concurrent write landed between the two statements; report the version we wrote.
         rule = RuleOut(
@@ -136,6 +144,7 @@ async def put_rule(
             source="api",
             updated_at=rule.updated_at if rule else "",
             definition=entry,
+            health=None,
         )
     response.headers["ETag"] = _etag(version)
     return rule
@@ -151,6 +160,7 @@ async def put_rule(
 async def delete_rule(tenant: TenantScope, rule_id: RuleId, api: Api) -> Response:
     if not await api.store.delete_rule_definition(tenant, rule_id):
         raise not_found(f"rule {rule_id!r} of tenant {tenant!r}")
+    api.rules_changed()
     return Response(status_code=204)
 
 

@@ -92,6 +92,7 @@ async def put_stateful_rules(
     tenant: TenantScope, api: Api, body: Annotated[FeatureBody, Body()]
 ) -> Feature:
     await api.store.set_feature(tenant, body.enabled)
+    api.rules_changed()
     return Feature(tenant=tenant, feature=STATEFUL_RULES, enabled=body.enabled)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
@@ -222,6 +223,8 @@ class StreamMessage(NamedTuple):
 
     `offset` is the stream sequence and `end_offset` the sequence after it, the checkpoint
     offset once this message is applied. `msg_id` is the `Nats-Msg-Id` header, or None.
+    `stored_at` is when the server stored the message, in UTC seconds: it is kept with the
+    message, so a replay sees the same arrival times as the first read.
     """
 
     offset: int
@@ -230,6 +233,7 @@ class StreamMessage(NamedTuple):
     signal: Signal
     data: bytes
     msg_id: str | None
+    stored_at: float
 
 
 class OversizedMessage(NamedTuple):
@@ -241,6 +245,7 @@ class OversizedMessage(NamedTuple):
     signal: Signal
     length_bytes: int
     max_message_bytes: int
+    stored_at: float
 
     def error(self) -> EventError:
         """Return the skip error the engine counts for this message."""
@@ -257,8 +262,11 @@ StreamRecord = StreamMessage | OversizedMessage
 class JetStreamInput:
     """One tenant's log and event subjects, read in stream order from a start sequence.
 
+    `signals` chooses the subjects read: logs, events or both. With one of them the consumer
+    filters on the server on every nats-server version.
     `start_sequence` is a checkpoint offset: the first message delivered is the tenant's first
-    message at or after it, and 0 or 1 read from the start of the stream. `next_sequence`
+    message at or after it. With 0 or 1 the read starts at the first message stored at or after
+    `start_time` (UTC seconds), or at the start of the stream without one. `next_sequence`
     is the sequence after the last message received, of any subject, and a re-created consumer
     starts there. Messages of other subjects are dropped on receipt and never returned, even
     when the server ignores the consumer's subject filter.
@@ -271,6 +279,8 @@ class JetStreamInput:
         tenant: str,
         start_sequence: int = 0,
         *,
+        start_time: float | None = None,
+        signals: Iterable[Signal] = (Signal.LOGS, Signal.EVENTS),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if start_sequence < 0:
@@ -283,10 +293,15 @@ class JetStreamInput:
         self.name = f"jetstream:{settings.stream}:{tenant}"
         self.max_message_bytes = max_message_bytes
         self.next_sequence = max(start_sequence, 1)
+        self.start_time = start_time
+        wanted = {Signal.LOGS, Signal.EVENTS} if Signal.ANY in set(signals) else set(signals)
         self.subjects = {
-            Signal.LOGS: tenant_subject(settings, tenant, Signal.LOGS),
-            Signal.EVENTS: tenant_subject(settings, tenant, Signal.EVENTS),
+            signal: tenant_subject(settings, tenant, signal)
+            for signal in (Signal.LOGS, Signal.EVENTS)
+            if signal in wanted
         }
+        if not self.subjects:
+            raise ValueError("invalid signals: give at least one of logs, events or any")
         self.oversized_messages = 0
         self.other_subject_messages = 0
         """Messages of subjects outside the tenant's, received only when the server ignores filters."""
@@ -321,6 +336,11 @@ class JetStreamInput:
                     consumer=consumer,
                     error=str(error),
                 )
+
+    async def open(self) -> int:
+        """Create the consumer now and return `next_sequence`, the first sequence it reads."""
+        await self._open()
+        return self.next_sequence
 
     async def records(self) -> AsyncIterator[StreamRecord]:
         """Yield the tenant's messages without end, waiting for new ones."""
@@ -372,6 +392,7 @@ class JetStreamInput:
         if signal is None:
             self.other_subject_messages += 1
             return None
+        stored_at = message.metadata.timestamp.timestamp()
         if len(message.data) > self.max_message_bytes:
             self.oversized_messages += 1
             return OversizedMessage(
@@ -381,6 +402,7 @@ class JetStreamInput:
                 signal,
                 len(message.data),
                 self.max_message_bytes,
+                stored_at,
             )
         headers = message.headers or {}
         return StreamMessage(
@@ -390,6 +412,7 @@ class JetStreamInput:
             signal,
             message.data,
             headers.get(MSG_ID_HEADER),
+            stored_at,
         )
 
     def _signal_of(self, subject: str) -> Signal | None:
@@ -406,16 +429,24 @@ class JetStreamInput:
         config = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
             inactive_threshold=self.settings.consumer_inactive_s,
-            filter_subjects=patterns,
         )
-        if self.next_sequence <= 1:
+        if len(patterns) == 1:
+            # One filter subject works on every nats-server version; filter_subjects needs 2.10.
+            config.filter_subject = patterns[0]
+        else:
+            config.filter_subjects = patterns
+        by_time = self.next_sequence <= 1 and self.start_time is not None
+        if by_time:
+            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.fromtimestamp(self.start_time or 0.0, UTC)
+        elif self.next_sequence <= 1:
             config.deliver_policy = DeliverPolicy.ALL
         else:
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = self.next_sequence
 
         info = await self.js.add_consumer(self.settings.stream, config=config)
-        if not info.config.filter_subjects:
+        if len(patterns) > 1 and not info.config.filter_subjects:
             # nats-server before 2.10 (seen with 2.9.10) ignores filter_subjects and sends the
             # whole stream. _accept drops the other subjects, so the result is the same.
             # NOTE: every input then receives every tenant's messages; use nats-server 2.10 or
@@ -423,6 +454,10 @@ class JetStreamInput:
             log.debug(
                 "jetstream server ignored filter_subjects", input=self.name, subjects=patterns
             )
+        if by_time and info.delivered is not None and info.delivered.stream_seq is not None:
+            # A new consumer reports the sequence before its first message as delivered, which
+            # turns the start time into a sequence that a checkpoint can store.
+            self.next_sequence = max(self.next_sequence, info.delivered.stream_seq + 1)
         self._consumer = info.name
         self._subscription = await self.js.pull_subscribe_bind(
             consumer=info.name, stream=self.settings.stream

@@ -815,6 +815,21 @@ class PostgresStore:
             )
             return list(await cursor.fetchall())
 
+    async def active_rule_definitions(self) -> list[tuple[str, str, str, dict[str, Any], int]]:
+        """Return the enabled rule definitions of every tenant whose stateful_rules flag is on.
+
+        Each row is (tenant, rule_group, rule_id, definition, version), ordered by tenant, rule
+        group and rule id. This is what the service evaluates.
+        """
+        async with self._transaction("active_rule_definitions") as conn:
+            cursor = await conn.execute(
+                "SELECT d.tenant_id, d.rule_group, d.rule_id, d.definition, d.version"
+                " FROM rule_definitions AS d JOIN tenants AS t ON t.tenant_id = d.tenant_id"
+                " WHERE t.stateful_rules AND d.enabled"
+                " ORDER BY d.tenant_id, d.rule_group, d.rule_id"
+            )
+            return list(await cursor.fetchall())
+
     async def put_api_rule(
         self,
         tenant: str,

@@ -1,0 +1,1 @@
+"""The long-running service: per tenant + rule group workers over NATS JetStream, and the API."""

@@ -1,0 +1,468 @@
+"""`alertwarden serve`: the store, NATS JetStream, the API and one worker per tenant + rule group.
+
+The service polls the stored rule definitions and tenant flags every rules_poll_s (and at once
+after an API change on this node), and starts, restarts or stops workers to match them. A
+rule group whose rules changed is stopped, which flushes its state and checkpoint, and started
+again with the new rules from that checkpoint, so a change loses and repeats no event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import psycopg
+import uvicorn
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from nats.aio.client import Client as NatsClient
+
+from alertwarden.api.app import MIN_ADMIN_TOKEN_CHARS, create_app
+from alertwarden.errors import ConfigError, StoreError
+from alertwarden.logs import get_logger
+from alertwarden.metrics import Metrics
+from alertwarden.service.catalog import GroupId, GroupSpec, RuleCatalog
+from alertwarden.service.worker import RuleGroupWorker, WorkerConfig
+from alertwarden.settings import Settings
+from alertwarden.sinks.base import Sink
+from alertwarden.sinks.stdout import JsonLinesSink
+from alertwarden.sinks.webhook import WebhookSink
+from alertwarden.sources.jetstream import TENANT_PLACEHOLDER, ensure_stream
+from alertwarden.store.migrate import migrate as run_migrations
+from alertwarden.store.postgres import PostgresStore
+
+log = get_logger(__name__)
+
+NATS_CONNECT_TIMEOUT_S = 5.0
+NATS_FIRST_CONNECT_TIMEOUT_S = 10.0
+METRICS_INTERVAL_S = 5.0
+
+
+class DiscardSink:
+    """The local sink when no stdout output is configured: webhooks and history carry the alerts."""
+
+    async def send(self, notification: Any) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    checks: dict[str, str]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handlers: the service stops it itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Service:
+    """Runs until stopped: call `run()` in the main thread of an event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.jetstream = settings.jetstream_settings()
+        self.metrics = Metrics()
+        self.store: PostgresStore | None = None
+        self.nats: NatsClient | None = None
+        self.catalog: RuleCatalog | None = None
+        self.workers: dict[GroupId, RuleGroupWorker] = {}
+        self.specs: dict[GroupId, GroupSpec] = {}
+        self.rules_loaded = False
+        self._worker_config: WorkerConfig | None = None
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._signals = 0
+        self._api_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Connect, serve the API and evaluate until SIGTERM or SIGINT; then stop gracefully."""
+        settings = self.settings
+        listener = self._bind()
+        self.store = await self._open_store()
+        remote: list[Sink] = []
+        server: _Server | None = None
+        try:
+            self.nats = await self._connect_nats()
+            js = self.nats.jetstream()
+            await ensure_stream(js, self.jetstream, self._stream_subjects())
+            remote = [WebhookSink(url) for url in settings.webhook_urls]
+            local: Sink = JsonLinesSink() if settings.stdout_alerts else DiscardSink()
+            self._worker_config = WorkerConfig(
+                store=self.store,
+                js=js,
+                jetstream=self.jetstream,
+                sink=local,
+                remote_sinks=remote,
+                max_future_skew_s=settings.max_future_skew_s,
+                history_retention_s=settings.history_retention_s,
+                tick_delay_s=settings.tick_delay_s,
+                queue_batches=settings.queue_batches,
+                max_message_bytes=settings.max_message_bytes,
+            )
+            self.catalog = RuleCatalog(self.store, settings.rule_files)
+            app = create_app(
+                self.store,
+                admin_token=admin_token(settings),
+                max_body_bytes=settings.ingest.max_body_bytes,
+                jetstream=js,
+                jetstream_settings=self.jetstream,
+                max_ingest_events=settings.ingest.max_events,
+                metrics=self.metrics,
+                service=self,
+            )
+            config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False)
+            server = _Server(config)
+            self._install_signal_handlers()
+            api = asyncio.create_task(server.serve(sockets=[listener]), name="api")
+            self._api_task = api
+            log.info(
+                "service_started",
+                bind=f"{settings.bind_host}:{settings.bind_port}",
+                stream=self.jetstream.stream,
+                pid=os.getpid(),
+            )
+            await self._supervise(api)
+        finally:
+            self._remove_signal_handlers()
+            await asyncio.shield(self._shutdown(server, remote))
+            listener.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def rules_changed(self) -> None:
+        """Reconcile the workers now instead of at the next poll (after an API change)."""
+        self._wake.set()
+
+    async def _supervise(self, api: asyncio.Task[None]) -> None:
+        next_metrics = 0.0
+        while not self._stop.is_set():
+            if api.done():
+                api.result()
+                raise ConfigError("the API server stopped unexpectedly")
+            await self._reconcile()
+            if time.monotonic() >= next_metrics:
+                self.refresh_metrics()
+                next_metrics = time.monotonic() + METRICS_INTERVAL_S
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_for_change(), self.settings.rules_poll_s)
+
+    async def _wait_for_change(self) -> None:
+        stop = asyncio.ensure_future(self._stop.wait())
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({stop, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            wake.cancel()
+
+    async def _reconcile(self) -> None:
+        catalog = self.catalog
+        assert catalog is not None and self._worker_config is not None
+        try:
+            await catalog.sync_files()
+            desired = await catalog.load()
+        except StoreError as error:
+            log.error("rules_load_failed", error=str(error), note="the running rules stay in force")
+            return
+        self.rules_loaded = True
+        changed = False
+        for group_id in [g for g in self.workers if g not in desired]:
+            await self._stop_worker(group_id, reason="no enabled rule, or the tenant's flag is off")
+            changed = True
+        for group_id, spec in desired.items():
+            current = self.specs.get(group_id)
+            if current is not None and current.versions == spec.versions:
+                continue
+            if group_id in self.workers:
+                await self._stop_worker(group_id, reason="rules changed")
+            worker = RuleGroupWorker(
+                spec.tenant,
+                spec.rule_group,
+                spec.rules,
+                self._worker_config,
+                on_restart=self.metrics.record_restart,
+            )
+            self.workers[group_id] = worker
+            self.specs[group_id] = spec
+            worker.start()
+            changed = True
+        if changed:
+            try:
+                await self.store.sweep()  # type: ignore[union-attr]
+            except StoreError as error:
+                log.warning("sweep_failed", error=str(error))
+
+    async def _stop_worker(self, group_id: GroupId, *, reason: str) -> None:
+        worker = self.workers.pop(group_id)
+        self.specs.pop(group_id, None)
+        log.info("evaluator_stopping", tenant=group_id[0], rule_group=group_id[1], reason=reason)
+        await worker.stop()
+        if worker.pipeline is not None:
+            self.metrics.update_from(worker.pipeline)
+
+    async def _shutdown(self, server: _Server | None, remote: list[Sink]) -> None:
+        log.info("service_stopping", evaluators=len(self.workers))
+        if server is not None:
+            server.should_exit = True
+        results = await asyncio.gather(
+            *(worker.stop() for worker in self.workers.values()), return_exceptions=True
+        )
+        for (tenant, rule_group), result in zip(list(self.workers), results):
+            if isinstance(result, BaseException):
+                log.error("evaluator_stop_failed", tenant=tenant, rule_group=rule_group, error=repr(result))
+        self.workers.clear()
+        if self._api_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._api_task, 5.0)
+        for sink in remote:
+            await sink.close()
+        if self.nats is not None:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self.nats.close()
+        if self.store is not None:
+            await self.store.close()
+        log.info("service_stopped")
+
+    # ------------------------------------------------------------ status
+
+    def readiness(self) -> Readiness:
+        """Return whether the service evaluates every active rule group; the API awaits ping."""
+        checks: dict[str, str] = {}
+        connected = self.nats is not None and self.nats.is_connected
+        checks["jetstream"] = "ok" if connected else "disconnected"
+        if not self.rules_loaded:
+            checks["evaluators"] = "rules not loaded yet"
+        else:
+            started = sum(1 for worker in self.workers.values() if worker.started)
+            total = len(self.workers)
+            checks["evaluators"] = "ok" if started == total else f"{started} of {total} started"
+        unready_store = [w for w in self.workers.values() if w.pipeline is not None and not w.pipeline.ready]
+        if unready_store:
+            checks["evaluators_store"] = f"{len(unready_store)} evaluators keep state only in memory"
+        ready = all(value == "ok" for value in checks.values())
+        return Readiness(ready, checks)
+
+    def rule_health(self, tenant: str, rule_id: str) -> dict[str, Any]:
+        """Return the run-time status of one rule on this node."""
+        catalog = self.catalog
+        problem = catalog.problems.get((tenant, rule_id)) if catalog is not None else None
+        for (worker_tenant, _), worker in self.workers.items():
+            if worker_tenant != tenant or rule_id not in {rule.id for rule in worker.rules}:
+                continue
+            status, reason = worker.rule_status(rule_id)
+            if problem is not None:
+                status, reason = "unhealthy", problem.message + "; the previous version stays in force"
+            elif not worker.started:
+                status, reason = "starting", f"the evaluator is {worker.state.value}"
+            return {"status": status, "reason": reason}
+        if problem is not None:
+            return {"status": "unhealthy", "reason": problem.message}
+        return {"status": "inactive", "reason": "not evaluated: the rule is disabled or the tenant's stateful-rules flag is off"}
+
+    def refresh_metrics(self) -> None:
+        for worker in self.workers.values():
+            if worker.pipeline is not None:
+                self.metrics.update_from(worker.pipeline)
+            for reason, count in worker.counters.skipped.items():
+                self.metrics.record_skipped_total(worker.tenant, worker.rule_group, reason, count)
+            for rule in worker.rules:
+                status, _ = worker.rule_status(rule.id)
+                self.metrics.set_rule_health(worker.tenant, rule.id, status == "healthy")
+
+    # ------------------------------------------------------------ connections
+
+    def _bind(self) -> socket.socket:
+        host, port = self.settings.bind_host, self.settings.bind_port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((host, port))
+        except OSError as error:
+            listener.close()
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {error.strerror}. Set ALERTWARDEN_BIND_HOST and "
+                "ALERTWARDEN_BIND_PORT to a free address"
+            ) from None
+        listener.listen(128)
+        listener.setblocking(False)
+        return listener
+
+    async def _open_store(self) -> PostgresStore:
+        url = self.settings.database_url.get_secret_value()
+        try:
+            await create_database_if_missing(url)
+            await run_migrations(url)
+            store = PostgresStore(url, pool_max=self.settings.database_pool_max)
+            await store.open()
+        except StoreError as error:
+            raise ConfigError(
+                f"PostgreSQL is not reachable or not usable: {error}. Set ALERTWARDEN_DATABASE_URL to "
+                "the database to use, such as postgresql://user@host:5432/alertwarden"
+            ) from None
+        return store
+
+    async def _connect_nats(self) -> NatsClient:
+        url = self.jetstream.url
+        try:
+            # Reconnects are retried without end once connected; the first connect is bounded
+            # here, because nats-py applies the same unlimited retries to it.
+            client = await asyncio.wait_for(
+                nats.connect(
+                    url,
+                    connect_timeout=NATS_CONNECT_TIMEOUT_S,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    error_cb=_nats_error,
+                    disconnected_cb=_nats_disconnected,
+                    reconnected_cb=_nats_reconnected,
+                ),
+                timeout=NATS_FIRST_CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as error:
+            raise ConfigError(
+                f"NATS is not reachable at {_display_url(url)}: {error or type(error).__name__}. Start "
+                "nats-server with JetStream (-js), or set ALERTWARDEN_NATS_URL to its address"
+            ) from None
+        return client
+
+    def _stream_subjects(self) -> list[str]:
+        # The stream takes every tenant's subjects; each worker reads only its own tenant's.
+        return [
+            self.jetstream.logs_subject.replace(TENANT_PLACEHOLDER, "*"),
+            self.jetstream.events_subject.replace(TENANT_PLACEHOLDER, "*"),
+        ]
+
+    # ------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        self._signals_installed = True
+
+    def _remove_signal_handlers(self) -> None:
+        if not getattr(self, "_signals_installed", False):
+            return
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals > 1:
+            # State stays consistent without the final flush: the next start replays from the
+            # last checkpoint, like after a crash.
+            log.warning("stop_forced", signal=name)
+            os._exit(1)
+        log.info("stop_requested", signal=name, timeout_s=self.settings.shutdown_timeout_s)
+        self._stop.set()
+        asyncio.get_running_loop().call_later(self.settings.shutdown_timeout_s, _stop_timed_out)
+
+
+def admin_token(settings: Settings) -> str:
+    """Return the admin token: the setting, else the token file, created with a random token.
+
+    The file is created with mode 0600 and its path is logged, never the token.
+    """
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = settings.admin_token_file
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot create the admin token file {str(path)!r}: {error.strerror}. Set "
+                "ALERTWARDEN_ADMIN_TOKEN, or ALERTWARDEN_ADMIN_TOKEN_FILE to a writable path"
+            ) from None
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+        log.warning("admin_token_created", path=str(path.resolve()), note="set ALERTWARDEN_ADMIN_TOKEN in production")
+        return token
+    except OSError as error:
+        raise ConfigError(f"cannot read the admin token file {str(path)!r}: {error.strerror}") from None
+    if len(token) < MIN_ADMIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"the admin token in {str(path)!r} has {len(token)} characters: use at least "
+            f"{MIN_ADMIN_TOKEN_CHARS} random characters"
+        )
+    return token
+
+
+async def create_database_if_missing(url: str) -> None:
+    """Create the database of `url` when the server reports that it does not exist.
+
+    Connects to the server's `postgres` database to do so, with the same credentials. Any
+    other connection failure is left for the migration runner to report.
+    """
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
+    except psycopg.OperationalError as error:
+        if "does not exist" not in str(error):
+            return
+    else:
+        await conn.close()
+        return
+    info = conninfo_to_dict(url)
+    name = str(info.get("dbname") or "")
+    if not name:
+        return
+    info["dbname"] = "postgres"
+    try:
+        async with await psycopg.AsyncConnection.connect(make_conninfo("", **info), autocommit=True, connect_timeout=5) as admin:
+            await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.DuplicateDatabase:
+        return
+    except psycopg.Error as error:
+        raise StoreError(f"database {name!r} does not exist and could not be created: {error}") from None
+    log.info("database_created", database=name)
+
+
+def _stop_timed_out() -> None:
+    log.error("stop_timed_out", note="exiting without the final flush; the next start replays from the last checkpoint")
+    os._exit(1)
+
+
+def _display_url(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    if "@" in rest:
+        rest = "<credentials>@" + rest.split("@", 1)[1]
+    return scheme + separator + rest
+
+
+async def _nats_error(error: Exception) -> None:
+    log.warning("nats_error", error=repr(error))
+
+
+async def _nats_disconnected() -> None:
+    log.warning("nats_disconnected")
+
+
+async def _nats_reconnected() -> None:
+    log.info("nats_reconnected")

@@ -1,0 +1,343 @@
+"""One tenant + rule group of the service: a JetStream fetcher, a bounded queue and a pipeline.
+
+The evaluator's clock is the time JetStream stored each message (its arrival), so a replay
+after a crash sees the same clock as the first read. When the tenant's subjects are idle, a
+fetch that returns nothing moves the clock to the wall clock minus tick_delay_s, so bucket
+boundaries (recoveries) are evaluated without new messages. Such a tick happens only after a
+fetch found the input caught up, never in the middle of a backlog: a restart first replays
+every stored message, and only then evaluates boundaries that fell due during the downtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+
+from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator
+from alertwarden.errors import EventError
+from alertwarden.events import Event, Signal
+from alertwarden.logs import RateLimitedLog, get_logger
+from alertwarden.pipeline import RuleGroupPipeline
+from alertwarden.rules import CompiledRule
+from alertwarden.sinks.base import Sink
+from alertwarden.sources.jetstream import JetStreamInput, JetStreamSettings, OversizedMessage, StreamRecord
+from alertwarden.sources.jsonl import JsonParser, OcsfParser
+from alertwarden.store.base import StateStore
+
+log = get_logger(__name__)
+
+SKIP_LOG_INTERVAL_S = 60.0
+RESTART_INITIAL_S = 1.0
+RESTART_MAX_S = 60.0
+UNHEALTHY_HOLD_S = 300.0
+"""A rule stays unhealthy for this long after its last regex timeout."""
+
+
+class WorkerState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class RuleHealth:
+    """Run-time health of one rule: regex searches that timed out, and when the last did."""
+
+    regex_timeouts: int = 0
+    last_timeout_at: float | None = None
+
+    def status(self, now_s: float) -> tuple[str, str | None]:
+        if self.last_timeout_at is not None and now_s - self.last_timeout_at < UNHEALTHY_HOLD_S:
+            return "unhealthy", (
+                f"{self.regex_timeouts} regex searches timed out so far, the last at "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.last_timeout_at))}; "
+                "events they were searching did not match. Simplify the pattern"
+            )
+        return "healthy", None
+
+
+@dataclass(slots=True)
+class WorkerCounters:
+    """Records this worker skipped before evaluation, by reason."""
+
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What every worker of one service shares."""
+
+    store: StateStore
+    js: JetStreamContext
+    jetstream: JetStreamSettings
+    sink: Sink
+    remote_sinks: Sequence[Sink] = ()
+    max_future_skew_s: float = 60.0
+    history_retention_s: float = 7 * 86400.0
+    tick_delay_s: float = 2.0
+    queue_batches: int = 4
+    max_message_bytes: int = 1_048_576
+    wall_clock: Callable[[], float] = time.time
+
+
+class RuleGroupWorker:
+    """Evaluates one tenant + rule group from JetStream until stopped; restarts after failures."""
+
+    def __init__(
+        self,
+        tenant: str,
+        rule_group: str,
+        rules: Sequence[CompiledRule],
+        config: WorkerConfig,
+        *,
+        on_restart: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.rule_group = rule_group
+        self.rules = list(rules)
+        self.config = config
+        self.state = WorkerState.STARTING
+        self.pipeline: RuleGroupPipeline | None = None
+        self.input: JetStreamInput | None = None
+        self.applied_offset = 0
+        """Checkpoint offset of the work done: the next stream sequence not yet applied."""
+        self.caught_up = False
+        self.counters = WorkerCounters()
+        self.health = {rule.id: RuleHealth() for rule in self.rules}
+        self.restarts = 0
+        self._on_restart = on_restart
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._skip_log = RateLimitedLog(SKIP_LOG_INTERVAL_S)
+        self._log = log.bind(tenant=tenant, rule_group=rule_group)
+        self._logs_parser = JsonParser()
+        self._events_parser = OcsfParser()
+
+    @property
+    def started(self) -> bool:
+        """True once the state is restored and the worker reads its subjects."""
+        return self.state is WorkerState.RUNNING
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"worker:{self.tenant}:{self.rule_group}")
+
+    async def stop(self) -> None:
+        """Stop fetching, finish the record in hand, flush and write the checkpoint."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    # ------------------------------------------------------------ supervision
+
+    async def _supervise(self) -> None:
+        delay_s = RESTART_INITIAL_S
+        while not self._stop.is_set():
+            try:
+                await self._run_once()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a failed evaluator must not stop the others
+                self.state = WorkerState.FAILED
+                self.restarts += 1
+                if self._on_restart is not None:
+                    self._on_restart(self.tenant, self.rule_group)
+                self._log.error(
+                    "evaluator_failed",
+                    error=repr(error),
+                    restarts=self.restarts,
+                    retry_in_s=delay_s,
+                    exc_info=error,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay_s)
+                delay_s = min(delay_s * 2, RESTART_MAX_S)
+        self.state = WorkerState.STOPPED
+
+    def _new_pipeline(self) -> RuleGroupPipeline:
+        config = self.config
+        settings = EngineSettings(clock=ClockMode.WALL, max_future_skew_s=config.max_future_skew_s)
+        evaluator = Evaluator(self.rules, settings, tenant=self.tenant, rule_group=self.rule_group)
+        return RuleGroupPipeline(
+            evaluator,
+            self.rules,
+            config.store,
+            config.sink,
+            source=f"jetstream:{config.jetstream.stream}",
+            history_retention_s=config.history_retention_s,
+            wall_clock=config.wall_clock,
+            remote_sinks=config.remote_sinks,
+        )
+
+    def _resolve(self, source: str, offset: int) -> tuple[int, str | None]:
+        expected = f"jetstream:{self.config.jetstream.stream}"
+        if source != expected:
+            return 0, f"the checkpoint belongs to {source!r}, not {expected!r}; reading new messages only"
+        return offset, None
+
+    async def _run_once(self) -> None:
+        config = self.config
+        self.state = WorkerState.STARTING
+        self.caught_up = False
+        pipeline = self._new_pipeline()
+        self.pipeline = pipeline
+        await pipeline.start(self._resolve)
+        start_sequence = pipeline.resume_offset
+        signals = {rule.signal for rule in self.rules}
+        # A rule group without a checkpoint starts one window back, so a new rule sees the
+        # events of its first window.
+        lookback_s = max(rule.window_s for rule in self.rules)
+        source = JetStreamInput(
+            config.js,
+            config.jetstream,
+            self.tenant,
+            start_sequence,
+            start_time=config.wall_clock() - lookback_s if start_sequence <= 1 else None,
+            signals=signals,
+            max_message_bytes=config.max_message_bytes,
+        )
+        self.input = source
+        try:
+            first = await source.open()
+            self.applied_offset = first
+            if start_sequence <= 1:
+                # Store where the first read starts, so a crash before the first flush resumes
+                # there and not at another start time.
+                await pipeline.flush(first, force=True)
+            self.state = WorkerState.RUNNING
+            self._log.info("evaluator_started", start_sequence=first, rules=len(self.rules))
+            await self._consume(source, pipeline)
+        finally:
+            await source.close()
+            # The last checkpoint must be written even when the stop cancels this task.
+            await asyncio.shield(self._finish(pipeline))
+
+    async def _finish(self, pipeline: RuleGroupPipeline) -> None:
+        await pipeline.finish(self.applied_offset)
+        self._log.info("evaluator_stopped", checkpoint=self.applied_offset)
+
+    # ------------------------------------------------------------ reading
+
+    async def _consume(self, source: JetStreamInput, pipeline: RuleGroupPipeline) -> None:
+        queue: asyncio.Queue[tuple[list[StreamRecord], float, int]] = asyncio.Queue(
+            maxsize=self.config.queue_batches
+        )
+        fetcher = asyncio.create_task(self._fetch(source, queue))
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, stop, fetcher}, return_when=asyncio.FIRST_COMPLETED)
+                if fetcher in done:
+                    getter.cancel()
+                    fetcher.result()  # raises the fetch error
+                    return
+                if getter not in done:
+                    getter.cancel()
+                    return
+                records, fetched_at, next_sequence = getter.result()
+                await self._apply(records, fetched_at, next_sequence, pipeline)
+                # Let the other tenants' workers run between batches.
+                await asyncio.sleep(0)
+        finally:
+            stop.cancel()
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetcher
+
+    async def _fetch(
+        self, source: JetStreamInput, queue: asyncio.Queue[tuple[list[StreamRecord], float, int]]
+    ) -> None:
+        while True:
+            fetched_at = self.config.wall_clock()
+            records = await source.fetch_batch()
+            await queue.put((records, fetched_at, source.next_sequence))
+
+    async def _apply(
+        self,
+        records: list[StreamRecord],
+        fetched_at: float,
+        next_sequence: int,
+        pipeline: RuleGroupPipeline,
+    ) -> None:
+        if not records:
+            # Every message stored before the fetch began has been applied, so the clock may
+            # move to that moment. tick_delay_s absorbs a NATS server clock behind this host's.
+            self.caught_up = True
+            await pipeline.tick_idle(fetched_at - self.config.tick_delay_s, next_sequence)
+            self.applied_offset = max(self.applied_offset, next_sequence)
+            self._update_health()
+            return
+        self.caught_up = False
+        for record in records:
+            if self._stop.is_set():
+                return
+            event = self._parse(record)
+            if event is not None:
+                await pipeline.process(event, record.offset, record.stored_at)
+            self.applied_offset = record.end_offset
+        self._update_health()
+
+    def _parse(self, record: StreamRecord) -> Event | None:
+        try:
+            if isinstance(record, OversizedMessage):
+                raise record.error()
+            if record.signal is Signal.EVENTS:
+                return self._events_parser.parse(record.data)
+            event = self._logs_parser.parse(record.data)
+            # The subject decides the signal: an OCSF-looking record on a logs subject is a log.
+            event.signal = Signal.LOGS
+            return event
+        except EventError as error:
+            self._skipped(error, record)
+            return None
+
+    def _skipped(self, error: EventError, record: StreamRecord) -> None:
+        reason = str(error.reason)
+        self.counters.skipped[reason] = self.counters.skipped.get(reason, 0) + 1
+        key = f"skip:{reason}"
+        now = time.monotonic()
+        if self._skip_log.should_log(key, now):
+            self._log.warning(
+                "record_skipped",
+                reason=reason,
+                sequence=record.offset,
+                subject=record.subject,
+                error=str(error),
+                suppressed=self._skip_log.take_suppressed(key),
+            )
+
+    def _update_health(self) -> None:
+        now = self.config.wall_clock()
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        for rule_id, rule in pipeline.rules.items():
+            health = self.health.setdefault(rule_id, RuleHealth())
+            timeouts = rule.regex_timeouts
+            if timeouts > health.regex_timeouts:
+                if health.last_timeout_at is None or now - health.last_timeout_at >= UNHEALTHY_HOLD_S:
+                    self._log.warning("rule_unhealthy", rule=rule_id, regex_timeouts=timeouts)
+                health.regex_timeouts = timeouts
+                health.last_timeout_at = now
+
+    def rule_status(self, rule_id: str) -> tuple[str, str | None]:
+        health = self.health.get(rule_id)
+        if health is None:
+            return "healthy", None
+        return health.status(self.config.wall_clock())
+
+    def input_lag_s(self) -> float | None:
+        """Seconds the evaluator's clock trails the wall clock, or None before the first record."""
+        pipeline = self.pipeline
+        if pipeline is None or pipeline.evaluator.now is None:
+            return None
+        return max(0.0, self.config.wall_clock() - pipeline.evaluator.now)
+

@@ -1,0 +1,272 @@
+"""`alertwarden serve` as a real process: API, JetStream, HTTP ingest, webhooks, isolation, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import orjson
+import pytest
+
+from serve_fixture import (
+    NATS_URL,
+    ServeNames,
+    ServeProcess,
+    WebhookReceiver,
+    delete_stream,
+    start_serve,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+RULE = {
+    "name": "Failed logins per host",
+    "match": {"field": "kind", "equals": "login_failed"},
+    "group_by": ["host"],
+    "threshold": 3,
+    "window": "2m",
+    "bucket": "10s",
+    "cooldown": "10m",
+    "severity": "warning",
+    "annotations": {"summary": "{count} failed logins on {host}"},
+}
+
+
+def iso(time_s: float) -> str:
+    return datetime.fromtimestamp(time_s, UTC).isoformat()
+
+
+def login_failed(event_id: str, host: str, time_s: float | None = None) -> dict[str, Any]:
+    return {"time": iso(time_s or time.time()), "id": event_id, "kind": "login_failed", "host": host}
+
+
+async def _publish(subject: str, events: list[dict[str, Any]]) -> None:
+    client = await nats.connect(NATS_URL)
+    try:
+        js = client.jetstream()
+        for event in events:
+            await js.publish(subject, orjson.dumps(event), headers={"Nats-Msg-Id": event["id"]})
+    finally:
+        await client.close()
+
+
+def publish(subject: str, events: list[dict[str, Any]]) -> None:
+    asyncio.run(_publish(subject, events))
+
+
+@pytest.fixture
+def names() -> Iterator[ServeNames]:
+    created = ServeNames.new()
+    yield created
+    delete_stream(created.stream)
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def serve_factory(tmp_path: Path, pg_url: str, names: ServeNames) -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(**extra: str) -> ServeProcess:
+        serve = start_serve(tmp_path, pg_url, names, name=f"serve{len(started)}", **extra)
+        started.append(serve)
+        return serve
+
+    yield start
+    for serve in started:
+        serve.close_clients()
+        if serve.process is not None and serve.process.poll() is None:
+            serve.kill()
+
+
+def create_tenant(admin: httpx.Client, tenant: str, *, stateful: bool = True) -> str:
+    """Create a tenant with one rule and a tenant token; return the token."""
+    assert admin.put(f"/v1/tenants/{tenant}").status_code in (200, 201)
+    created = admin.post(f"/v1/tenants/{tenant}/tokens", json={"name": "test"})
+    assert created.status_code == 201, created.text
+    token: str = created.json()["token"]
+    response = admin.put(f"/v1/tenants/{tenant}/rules/ssh-fail", json=RULE)
+    assert response.status_code == 200, response.text
+    if stateful:
+        flag = admin.put(f"/v1/tenants/{tenant}/features/stateful-rules", json={"enabled": True})
+        assert flag.status_code == 200
+    return token
+
+
+def rule_status(client: httpx.Client, tenant: str) -> str:
+    body = client.get(f"/v1/tenants/{tenant}/rules/ssh-fail").json()
+    return str(body["health"]["status"])
+
+
+def history(client: httpx.Client, tenant: str, **params: str) -> list[dict[str, Any]]:
+    response = client.get(f"/v1/tenants/{tenant}/history", params=params)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def test_serve_end_to_end(
+    serve_factory: Callable[..., ServeProcess], names: ServeNames, webhook: WebhookReceiver
+) -> None:
+    serve = serve_factory(ALERTWARDEN_WEBHOOK_URLS=webhook.url)
+    admin = serve.client()
+    assert admin.put("/v1/tenants/acme").status_code in (200, 201)
+    token = admin.post("/v1/tenants/acme/tokens", json={"name": "e2e"}).json()["token"]
+    tenant = serve.client(token)
+
+    assert tenant.put("/v1/tenants/acme/rules/ssh-fail", json=RULE).status_code == 200
+    assert rule_status(tenant, "acme") == "inactive"
+    assert tenant.put("/v1/tenants/acme/features/stateful-rules", json={"enabled": True}).status_code == 200
+    wait_until(lambda: rule_status(tenant, "acme") == "healthy", 15, "the rule's evaluator to start")
+
+    ingest = tenant.post("/v1/tenants/acme/events", json=[login_failed("e1", "db-01"), login_failed("e2", "db-01")])
+    assert ingest.status_code == 202, ingest.text
+    # A client retry of the same event is not counted twice.
+    assert tenant.post("/v1/tenants/acme/events", json=login_failed("e2", "db-01")).status_code == 202
+    publish(names.logs_subject_of("acme"), [login_failed("e3", "db-01")])
+
+    fired = wait_until(lambda: history(tenant, "acme", kind="fired"), 20, "the fired transition")
+    assert len(fired) == 1
+    assert fired[0]["group"] == {"host": "db-01"}
+    assert fired[0]["count"] == 3
+    assert fired[0]["rule"] == "ssh-fail"
+
+    bodies = wait_until(webhook.bodies, 20, "the webhook delivery")
+    assert len(bodies) == 1
+    assert bodies[0]["tenant"] == "acme"
+    assert bodies[0]["kind"] == "fired"
+    assert bodies[0]["count"] == 3
+    assert bodies[0]["annotations"] == {"summary": "3 failed logins on db-01"}
+    wait_until(lambda: history(tenant, "acme")[0]["delivered"], 20, "the history row marked delivered")
+
+    groups = tenant.get("/v1/tenants/acme/rules/ssh-fail/groups").json()["items"]
+    assert [group["key"] for group in groups] == [["db-01"]]
+    assert groups[0]["state"] == "firing"
+
+    metrics = admin.get("/metrics").text
+    assert 'alertwarden_transitions_total{kind="fired",rule="ssh-fail",tenant="acme"} 1.0' in metrics
+    assert 'alertwarden_events_total{result="matched",tenant="acme"} 3.0' in metrics
+
+    assert serve.terminate() == 0
+    log = serve.log_path.read_text()
+    assert '"event":"evaluator_stopped"' in log
+    assert '"event":"service_stopped"' in log
+
+
+def test_serve_tenants_isolated(serve_factory: Callable[..., ServeProcess], names: ServeNames) -> None:
+    serve = serve_factory()
+    admin = serve.client()
+    token_a = create_tenant(admin, "tenant-a")
+    create_tenant(admin, "tenant-b")
+    client_a = serve.client(token_a)
+    for tenant in ("tenant-a", "tenant-b"):
+        wait_until(lambda t=tenant: rule_status(admin, t) == "healthy", 15, f"{tenant}'s evaluator")
+
+    # Same subject suffix and the same group value, for tenant A only.
+    publish(names.logs_subject_of("tenant-a"), [login_failed(f"a{i}", "shared-host") for i in range(3)])
+    wait_until(lambda: history(admin, "tenant-a", kind="fired"), 20, "tenant A's alert")
+    # B's evaluator has seen the same stream positions by now, and counted none of them.
+    time.sleep(1.5)
+    assert history(admin, "tenant-b") == []
+    assert admin.get("/v1/tenants/tenant-b/rules/ssh-fail/groups").json()["items"] == []
+
+    for path in ("", "/rules", "/rules/ssh-fail", "/rules/ssh-fail/groups", "/history",
+                 "/features/stateful-rules"):
+        assert client_a.get(f"/v1/tenants/tenant-b{path}").status_code == 404, path
+    assert client_a.post("/v1/tenants/tenant-b/events", json=login_failed("x", "h")).status_code == 404
+    assert client_a.put("/v1/tenants/tenant-b/rules/ssh-fail", json=RULE).status_code == 404
+    assert client_a.put("/v1/tenants/tenant-b/features/stateful-rules", json={"enabled": False}).status_code == 404
+
+
+def test_serve_rule_update_applies_live(serve_factory: Callable[..., ServeProcess], names: ServeNames) -> None:
+    serve = serve_factory()
+    admin = serve.client()
+    create_tenant(admin, "acme")
+    wait_until(lambda: rule_status(admin, "acme") == "healthy", 15, "the evaluator")
+    publish(names.logs_subject_of("acme"), [login_failed(f"a{i}", "web-01") for i in range(2)])
+
+    # A threshold of 2 applies without a restart, and the two counted events are kept.
+    updated = {**RULE, "threshold": 2}
+    assert admin.put("/v1/tenants/acme/rules/ssh-fail", json=updated).status_code == 200
+    fired = wait_until(lambda: history(admin, "acme", kind="fired"), 20, "the fired transition")
+    assert fired[0]["count"] == 2
+
+    # An invalid update gets 422 and leaves version 2 in force.
+    bad = admin.put("/v1/tenants/acme/rules/ssh-fail", json={**RULE, "threshold": "many"})
+    assert bad.status_code == 422
+    assert "threshold" in bad.text
+    assert admin.get("/v1/tenants/acme/rules/ssh-fail").json()["version"] == 2
+
+
+def test_serve_bad_records_skipped(serve_factory: Callable[..., ServeProcess], names: ServeNames) -> None:
+    serve = serve_factory()
+    admin = serve.client()
+    create_tenant(admin, "acme")
+    wait_until(lambda: rule_status(admin, "acme") == "healthy", 15, "the evaluator")
+
+    async def send_bad() -> None:
+        client = await nats.connect(NATS_URL)
+        js = client.jetstream()
+        subject = names.logs_subject_of("acme")
+        await js.publish(subject, b"not json")
+        await js.publish(subject, b'{"kind": "login_failed", "host": "h"}')
+        await js.publish(subject, b"[1, 2]")
+        await client.close()
+
+    asyncio.run(send_bad())
+    publish(names.logs_subject_of("acme"), [login_failed(f"g{i}", "h") for i in range(3)])
+    wait_until(lambda: history(admin, "acme", kind="fired"), 20, "the alert after the bad records")
+
+    def skipped() -> dict[str, float]:
+        found = {}
+        for line in admin.get("/metrics").text.splitlines():
+            if line.startswith("alertwarden_records_skipped_total{"):
+                reason = line.split('reason="')[1].split('"')[0]
+                found[reason] = float(line.rsplit(" ", 1)[1])
+        return found
+
+    counts = wait_until(skipped, 15, "the skipped-record metric")
+    assert counts == {"malformed": 1.0, "bad_timestamp": 1.0, "not_an_object": 1.0}
+
+
+def test_serve_unreachable_nats(tmp_path: Path, pg_url: str, names: ServeNames) -> None:
+    import subprocess
+    import sys
+
+    from serve_fixture import free_port, serve_env
+
+    env = serve_env(pg_url, names, free_port(), ALERTWARDEN_NATS_URL="nats://127.0.0.1:1")
+    result = subprocess.run(
+        [sys.executable, "-m", "alertwarden", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "NATS is not reachable at nats://127.0.0.1:1" in result.stderr
+    assert "ALERTWARDEN_NATS_URL" in result.stderr
+
+
+def test_serve_unreachable_postgres(tmp_path: Path, names: ServeNames) -> None:
+    import subprocess
+    import sys
+
+    from serve_fixture import free_port, serve_env
+
+    env = serve_env("postgresql://postgres@127.0.0.1:1/none", names, free_port())
+    result = subprocess.run(
+        [sys.executable, "-m", "alertwarden", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "PostgreSQL is not reachable" in result.stderr
+    assert "ALERTWARDEN_DATABASE_URL" in result.stderr
