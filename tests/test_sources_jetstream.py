@@ -19,6 +19,7 @@ from nats.js.api import RetentionPolicy, StorageType
 
 from alertwarden.errors import ConfigError
 from alertwarden.events import Signal, SkipReason
+from alertwarden.sources.pull import parse_reply
 from alertwarden.sources.jetstream import (
     MSG_ID_HEADER,
     JetStreamInput,
@@ -347,3 +348,22 @@ async def test_input_skips_other_tenant_batches(server: Server) -> None:
 
     assert [r.offset for r in records] == sequences
     assert sequences == [11]
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("$JS.ACK.S.C.1.42.7.1796425056287171514.98", (42, 1796425056.2871716)),
+        ("$JS.ACK.hub.acct.S.C.1.43.8.1796425056000000000.0.rand", (43, 1796425056.0)),
+    ],
+)
+def test_parse_reply_forms(reply: str, expected: tuple[int, float]) -> None:
+    delivery = parse_reply(reply)
+    assert delivery is not None
+    assert delivery.stream_sequence == expected[0]
+    assert delivery.stored_at == pytest.approx(expected[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("reply", ["", "_INBOX.abc", "$JS.ACK.S.C.1.x.7.9.0", "$JS.API.X.1.2.3.4.5.6"])
+def test_parse_reply_rejects_other_subjects(reply: str) -> None:
+    assert parse_reply(reply) is None

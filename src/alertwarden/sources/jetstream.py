@@ -31,6 +31,7 @@ from nats.js.api import (
 from alertwarden.errors import ConfigError, EventError
 from alertwarden.events import Signal, SkipReason
 from alertwarden.logs import get_logger
+from alertwarden.sources.pull import PullError, PullFetcher, parse_reply
 
 log = get_logger(__name__)
 
@@ -306,7 +307,8 @@ class JetStreamInput:
         self.other_subject_messages = 0
         """Messages of subjects outside the tenant's, received only when the server ignores filters."""
         self.consumer_restarts = 0
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._puller: PullFetcher | None = None
+        self._warned_unfiltered = False
         self._consumer: str | None = None
         self._retry_s = RETRY_INITIAL_S
 
@@ -318,12 +320,12 @@ class JetStreamInput:
 
     async def close(self) -> None:
         """Unsubscribe and delete the consumer. If the delete fails, the server removes it when idle."""
-        subscription, consumer = self._subscription, self._consumer
-        self._subscription = None
+        puller, consumer = self._puller, self._consumer
+        self._puller = None
         self._consumer = None
-        if subscription is not None:
+        if puller is not None:
             try:
-                await subscription.unsubscribe()
+                await puller.stop()
             except nats.errors.Error as error:
                 log.debug("jetstream unsubscribe failed", input=self.name, error=str(error))
         if consumer is not None:
@@ -358,10 +360,10 @@ class JetStreamInput:
         """
         while True:
             try:
-                subscription = await self._open()
-                messages = await subscription.fetch(
-                    self.settings.fetch_batch, timeout=self.settings.fetch_timeout_s
-                )
+                puller = await self._open()
+                messages = await puller.fetch(self.settings.fetch_timeout_s)
+                if not messages:
+                    return []
             except TimeoutError:
                 # Includes nats.errors.TimeoutError. No message arrived, which is also what a
                 # fetch on a consumer that the server deleted looks like, so check that it exists.
@@ -370,7 +372,7 @@ class JetStreamInput:
                 continue
             except nats.errors.ConnectionClosedError:
                 raise
-            except nats.errors.Error as error:
+            except (nats.errors.Error, PullError) as error:
                 await self._recover(error)
                 continue
 
@@ -381,7 +383,11 @@ class JetStreamInput:
                 return records
 
     def _accept(self, message: Msg) -> StreamRecord | None:
-        sequence = message.metadata.sequence.stream
+        delivery = parse_reply(message.reply)
+        if delivery is None:
+            log.warning("jetstream message without a delivery subject dropped", input=self.name, reply=message.reply)
+            return None
+        sequence, stored_at = delivery
         # A consumer delivers in stream order, so a lower sequence can only be a message that a
         # replaced consumer had already sent.
         if sequence < self.next_sequence:
@@ -392,7 +398,6 @@ class JetStreamInput:
         if signal is None:
             self.other_subject_messages += 1
             return None
-        stored_at = message.metadata.timestamp.timestamp()
         if len(message.data) > self.max_message_bytes:
             self.oversized_messages += 1
             return OversizedMessage(
@@ -421,9 +426,9 @@ class JetStreamInput:
                 return signal
         return None
 
-    async def _open(self) -> JetStreamContext.PullSubscription:
-        if self._subscription is not None:
-            return self._subscription
+    async def _open(self) -> PullFetcher:
+        if self._puller is not None:
+            return self._puller
 
         patterns = list(self.subjects.values())
         config = ConsumerConfig(
@@ -448,22 +453,33 @@ class JetStreamInput:
         info = await self.js.add_consumer(self.settings.stream, config=config)
         if len(patterns) > 1 and not info.config.filter_subjects:
             # nats-server before 2.10 (seen with 2.9.10) ignores filter_subjects and sends the
-            # whole stream. _accept drops the other subjects, so the result is the same.
-            # NOTE: every input then receives every tenant's messages; use nats-server 2.10 or
-            # later when a stream carries many tenants.
-            log.debug(
-                "jetstream server ignored filter_subjects", input=self.name, subjects=patterns
-            )
+            # whole stream. _accept drops the other subjects, so the counts are the same.
+            # NOTE: such an input then reads every tenant's messages, so a busy tenant delays
+            # it as much as its own messages would. Use nats-server 2.10 or later, or rules of
+            # one signal (logs or events) per rule group, which filter with one subject.
+            if not self._warned_unfiltered:
+                log.warning(
+                    "jetstream server ignored filter_subjects; reading the whole stream",
+                    input=self.name,
+                    subjects=patterns,
+                    fix="upgrade nats-server to 2.10 or later, or give the rule group's rules one signal",
+                )
+                self._warned_unfiltered = True
         if by_time and info.delivered is not None and info.delivered.stream_seq is not None:
             # A new consumer reports the sequence before its first message as delivered, which
             # turns the start time into a sequence that a checkpoint can store.
             self.next_sequence = max(self.next_sequence, info.delivered.stream_seq + 1)
         self._consumer = info.name
-        self._subscription = await self.js.pull_subscribe_bind(
-            consumer=info.name, stream=self.settings.stream
+        # NOTE: the connection and API prefix are private attributes of nats-py's
+        # JetStreamContext (checked with nats-py 2.16); the public fetch costs one event loop
+        # turn per message (see alertwarden.sources.pull).
+        puller = PullFetcher(
+            self.js._nc, self.js._prefix, self.settings.stream, info.name, self.settings.fetch_batch
         )
+        await puller.start()
+        self._puller = puller
         await self._warn_on_gap()
-        return self._subscription
+        return puller
 
     async def _warn_on_gap(self) -> None:
         if self.next_sequence <= 1:
@@ -487,10 +503,10 @@ class JetStreamInput:
 
     async def _consumer_exists(self) -> bool:
         """Return False, after dropping the consumer, when the server no longer has it."""
-        if self._subscription is None:
+        if self._puller is None or self._consumer is None:
             return False
         try:
-            await self._subscription.consumer_info()
+            await self.js.consumer_info(self.settings.stream, self._consumer)
         except (TimeoutError, nats.errors.Error) as error:
             await self._recover(error)
             return False
