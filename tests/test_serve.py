@@ -270,3 +270,52 @@ def test_serve_unreachable_postgres(tmp_path: Path, names: ServeNames) -> None:
     assert result.returncode == 2
     assert "PostgreSQL is not reachable" in result.stderr
     assert "ALERTWARDEN_DATABASE_URL" in result.stderr
+
+
+def test_serve_noisy_tenant_delays_other_less_than_bucket(
+    serve_factory: Callable[..., ServeProcess], names: ServeNames, webhook: WebhookReceiver
+) -> None:
+    quiet_events = 1_000
+    noisy_events = 100 * quiet_events
+    bucket_s = 10
+    serve = serve_factory(ALERTWARDEN_WEBHOOK_URLS=webhook.url)
+    admin = serve.client()
+    # Each rule fires only once its tenant's last event is counted. Log rules read only the
+    # logs subject, so each consumer filters on the server even where nats-server is older
+    # than 2.10 and ignores a filter of two subjects.
+    log_rule = {**RULE, "signal": "logs", "window": "10m", "bucket": f"{bucket_s}s"}
+    rules = {
+        "noisy": {**log_rule, "threshold": noisy_events},
+        "quiet": {**log_rule, "threshold": quiet_events},
+    }
+    for tenant, rule in rules.items():
+        assert admin.put(f"/v1/tenants/{tenant}").status_code in (200, 201)
+        assert admin.put(f"/v1/tenants/{tenant}/rules/ssh-fail", json=rule).status_code == 200
+    assert admin.put("/v1/tenants/quiet/features/stateful-rules", json={"enabled": True}).status_code == 200
+    wait_until(lambda: rule_status(admin, "quiet") == "healthy", 15, "quiet's evaluator")
+
+    async def send(tenant: str, count: int) -> float:
+        client = await nats.connect(NATS_URL)
+        try:
+            stamp = iso(time.time())
+            for index in range(count):
+                body = {"time": stamp, "id": f"{tenant}{index}", "kind": "login_failed", "host": tenant}
+                await client.publish(names.logs_subject_of(tenant), orjson.dumps(body))
+            await client.flush()
+            return time.time()
+        finally:
+            await client.close()
+
+    # The noisy tenant's evaluator starts with its whole burst waiting (it reads one window back).
+    asyncio.run(send("noisy", noisy_events))
+    assert admin.put("/v1/tenants/noisy/features/stateful-rules", json={"enabled": True}).status_code == 200
+    wait_until(lambda: rule_status(admin, "noisy") == "healthy", 15, "noisy's evaluator")
+    quiet_sent_at = asyncio.run(send("quiet", quiet_events))
+
+    wait_until(lambda: len(webhook.received) == 2, 60, "both alerts")
+    received = {body["tenant"]: at for at, body in webhook.received}
+
+    # The quiet tenant's alert did not wait for the noisy tenant's backlog to be evaluated ...
+    assert received["quiet"] < received["noisy"]
+    # ... and arrived within one bucket of its events.
+    assert received["quiet"] - quiet_sent_at < bucket_s
