@@ -319,3 +319,124 @@ def test_serve_noisy_tenant_delays_other_less_than_bucket(
     assert received["quiet"] < received["noisy"]
     # ... and arrived within one bucket of its events.
     assert received["quiet"] - quiet_sent_at < bucket_s
+
+
+def test_serve_regex_timeout_marks_rule_unhealthy(
+    serve_factory: Callable[..., ServeProcess], names: ServeNames
+) -> None:
+    serve = serve_factory()
+    admin = serve.client()
+    create_tenant(admin, "acme")
+    # Two alternatives that match the same text backtrack exponentially on a's ending in b,
+    # even in the regex package, which handles (a+)+ without backtracking.
+    slow = {**RULE, "match": {"field": "user", "regex": "^(a|a)*$"}, "threshold": 1}
+    assert admin.put("/v1/tenants/acme/rules/slow", json=slow).status_code == 200
+    wait_until(
+        lambda: rule_status(admin, "acme") == "healthy"
+        and admin.get("/v1/tenants/acme/rules/slow").json()["health"]["status"] == "healthy",
+        15,
+        "both rules to run",
+    )
+
+    events = [{**login_failed(f"r{i}", "db-01"), "user": "a" * 40 + "b"} for i in range(3)]
+    publish(names.logs_subject_of("acme"), events)
+
+    # The sibling rule of the same group still counts and fires.
+    fired = wait_until(lambda: history(admin, "acme", kind="fired"), 30, "the sibling's alert")
+    assert [item["rule"] for item in fired] == ["ssh-fail"]
+    health = wait_until(
+        lambda: (body := admin.get("/v1/tenants/acme/rules/slow").json()["health"])["status"] == "unhealthy" and body,
+        15,
+        "the slow rule to be reported unhealthy",
+    )
+    assert "regex searches timed out" in health["reason"]
+    assert rule_status(admin, "acme") == "healthy"
+
+    metrics = admin.get("/metrics").text
+    assert 'alertwarden_rule_healthy{rule="slow",tenant="acme"} 0.0' in metrics
+    assert 'alertwarden_rule_healthy{rule="ssh-fail",tenant="acme"} 1.0' in metrics
+    assert 'alertwarden_regex_timeouts_total{rule="slow",tenant="acme"} 3.0' in metrics
+
+
+@pytest.fixture
+def unanswered_url() -> Iterator[str]:
+    """URL of a loopback port that accepts connections and never answers."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/alerts"
+    listener.close()
+
+
+def start_stuck_delivery(serve: ServeProcess, names: ServeNames) -> None:
+    """Make one alert whose webhook delivery hangs, so a graceful stop waits for it."""
+    admin = serve.client()
+    create_tenant(admin, "acme")
+    wait_until(lambda: rule_status(admin, "acme") == "healthy", 15, "the evaluator")
+    publish(names.logs_subject_of("acme"), [login_failed(f"s{i}", "db-01") for i in range(3)])
+    wait_until(lambda: history(admin, "acme", kind="fired"), 20, "the alert")
+
+
+def test_serve_second_signal_exits_at_once(
+    serve_factory: Callable[..., ServeProcess], names: ServeNames, unanswered_url: str
+) -> None:
+    import signal
+
+    serve = serve_factory(ALERTWARDEN_WEBHOOK_URLS=unanswered_url)
+    start_stuck_delivery(serve, names)
+    assert serve.process is not None
+    serve.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: '"event":"stop_requested"' in serve.log_path.read_text(), 10, "the first signal")
+    serve.process.send_signal(signal.SIGTERM)
+    assert serve.process.wait(10) == 1
+    assert '"event":"stop_forced"' in serve.log_path.read_text()
+
+
+def test_serve_stop_timeout_exits(
+    serve_factory: Callable[..., ServeProcess], names: ServeNames, unanswered_url: str
+) -> None:
+    serve = serve_factory(ALERTWARDEN_WEBHOOK_URLS=unanswered_url, ALERTWARDEN_SHUTDOWN_TIMEOUT_S="1")
+    start_stuck_delivery(serve, names)
+    assert serve.terminate(timeout_s=15) == 1
+    assert '"event":"stop_timed_out"' in serve.log_path.read_text()
+
+
+def test_serve_rule_file_reload(
+    tmp_path: Path, serve_factory: Callable[..., ServeProcess], names: ServeNames
+) -> None:
+    rules = tmp_path / "acme.yaml"
+    rules.write_text(
+        "- id: file-rule\n  match: {field: kind, equals: login_failed}\n  group_by: [host]\n"
+        "  threshold: 3\n  window: 2m\n  bucket: 10s\n"
+    )
+    serve = serve_factory(ALERTWARDEN_RULE_FILES=f"acme={rules}")
+    admin = serve.client()
+    stored = admin.get("/v1/tenants/acme/rules/file-rule").json()
+    assert stored["source"] == "file"
+    assert stored["definition"]["window"] == 120
+    assert stored["health"]["status"] == "inactive"
+    assert admin.put("/v1/tenants/acme/features/stateful-rules", json={"enabled": True}).status_code == 200
+
+    def status() -> str:
+        return str(admin.get("/v1/tenants/acme/rules/file-rule").json()["health"]["status"])
+
+    wait_until(lambda: status() == "healthy", 15, "the file rule's evaluator")
+
+    # An invalid file is rejected as a whole; version 1 stays in force.
+    rules.write_text("- id: file-rule\n  threshold: many\n")
+    time.sleep(1.5)
+    assert admin.get("/v1/tenants/acme/rules/file-rule").json()["version"] == 1
+    assert '"event":"rule_file_rejected"' in serve.log_path.read_text()
+
+    # A valid change applies without a restart: threshold 2 fires on two events.
+    rules.write_text(
+        "- id: file-rule\n  match: {field: kind, equals: login_failed}\n  group_by: [host]\n"
+        "  threshold: 2\n  window: 2m\n  bucket: 10s\n"
+    )
+    wait_until(lambda: admin.get("/v1/tenants/acme/rules/file-rule").json()["version"] == 2, 15, "the reload")
+    wait_until(lambda: status() == "healthy", 15, "the evaluator with version 2")
+    publish(names.logs_subject_of("acme"), [login_failed(f"f{i}", "web-01") for i in range(2)])
+    fired = wait_until(lambda: history(admin, "acme", kind="fired"), 20, "the alert of version 2")
+    assert fired[0]["count"] == 2

@@ -142,9 +142,12 @@ class Service:
             )
             await self._supervise(api)
         finally:
-            self._remove_signal_handlers()
-            await asyncio.shield(self._shutdown(server, remote))
-            listener.close()
+            try:
+                # The handlers stay during the stop, so a second signal exits at once.
+                await asyncio.shield(self._shutdown(server, remote))
+            finally:
+                self._remove_signal_handlers()
+                listener.close()
 
     def request_stop(self) -> None:
         self._stop.set()
