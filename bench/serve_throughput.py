@@ -1,0 +1,752 @@
+"""Measure `alertwarden serve` throughput from NATS JetStream to evaluated state, against fetch-only.
+
+The paths run in one process, on one event loop, against the same stream, as the service does:
+
+- fetch-only (path `fetch`): for each tenant, a pull consumer with the consumer settings of
+  JetStreamInput (filter subject, fetch batch, no acknowledgements). Pull requests of one batch
+  each, one at a time, and a subscription callback that only counts the messages. This is close
+  to the least work nats-py allows per message, so the other paths are given as a ratio of it.
+- nats-py fetch (path `nats-py-fetch`, not run by default): the same consumers read with
+  nats-py's `PullSubscription.fetch`, which hands over each message through its own task.
+- service: one RuleGroupWorker per tenant with rule group "default" and 10 rules, a real
+  PostgresStore and the service's DiscardSink. The "evaluated" time ends when every worker's
+  applied_offset has passed its tenant's last stream sequence (polled every 50 ms). The
+  "flushed" time also includes stop(), which writes the final flush and checkpoint.
+
+Before any timing, the script creates a stream AW_BENCH_<hex> and a database aw_bench_<hex>
+(migrated), and publishes the events with core NATS publish, stamped with the current time.
+Both are deleted at the end, also after an error. Each service pass starts from empty state:
+the state, checkpoint and history tables are truncated before it. The paths alternate their
+order from one repetition to the next, so a drift in machine load affects both.
+
+Run: python bench/serve_throughput.py [--events N] [--repeats R]. See bench/README.md for figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import orjson
+import psycopg
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.aio.msg import Msg
+from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from psycopg import sql
+
+import alertwarden
+from alertwarden.events import Signal
+from alertwarden.logs import configure_logging
+from alertwarden.rules import load_rules_text
+from alertwarden.service.runtime import DiscardSink
+from alertwarden.service.worker import RuleGroupWorker, WorkerConfig, WorkerState
+from alertwarden.settings import Settings
+from alertwarden.sources.jetstream import (
+    JetStreamSettings,
+    ensure_stream,
+    publish_subject,
+    tenant_subject,
+)
+from alertwarden.store.migrate import migrate
+from alertwarden.store.postgres import PostgresStore
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+EVENT_CLASSES = (
+    "authentication_failure",
+    "authentication_success",
+    "process_start",
+    "file_access",
+    "network_connection",
+    "dns_query",
+    "privilege_change",
+    "config_change",
+    "account_lockout",
+    "malware_detection",
+)
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+HOT_KEY_COUNT = 10
+HOT_KEY_SHARE = 0.1
+"""Share of a tenant's events sent by a few hot addresses, so that some groups fire."""
+
+RULE_GROUP = "default"
+WINDOW_S = 600
+BUCKET_S = 60
+SEED = 20261204
+TARGET_RATIO = 0.5
+POLL_INTERVAL_S = 0.05
+LOOKBACK_MARGIN_S = 30.0
+PATHS = ("fetch", "nats-py-fetch", "service")
+STATUS_HEADER = "Status"
+"""Header of the status replies that end or accompany a JetStream pull request."""
+STATE_TABLES = ("rule_state", "input_checkpoints", "evaluation_history")
+
+
+def setting_default(name: str) -> Any:
+    """Return the default of one service setting, so the workers run as `serve` runs them."""
+    return Settings.model_fields[name].default
+
+
+# ------------------------------------------------------------------------------- data and rules
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Events in publish order, as (tenant index, record); publishing sets each record's time."""
+
+    tenants: tuple[str, ...]
+    events: list[tuple[int, dict[str, object]]]
+
+
+def address(index: int) -> str:
+    return f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
+
+
+def generate_workload(event_count: int, tenant_count: int, key_count: int, seed: int = SEED) -> Workload:
+    """Spread `event_count` events uniformly over the tenants, deterministic for `seed`.
+
+    Each event has one of 10 event classes, so it matches exactly one of its tenant's rules.
+    Its src_ip is uniform over `key_count` addresses, except for a share of HOT_KEY_SHARE that
+    comes from the first HOT_KEY_COUNT addresses.
+    """
+    rng = random.Random(seed)
+    tenants = tuple(f"tenant-{index:02d}" for index in range(tenant_count))
+    addresses = [address(index) for index in range(key_count)]
+    hot = addresses[: min(HOT_KEY_COUNT, key_count)]
+    hosts = [f"host-{index:03d}" for index in range(50)]
+    events: list[tuple[int, dict[str, object]]] = []
+    for _ in range(event_count):
+        source = rng.choice(hot) if rng.random() < HOT_KEY_SHARE else rng.choice(addresses)
+        record: dict[str, object] = {
+            "event_class": rng.choice(EVENT_CLASSES),
+            "src_ip": source,
+            "host": rng.choice(hosts),
+            "severity": rng.choice(SEVERITIES),
+        }
+        events.append((rng.randrange(tenant_count), record))
+    return Workload(tenants, events)
+
+
+def rules_yaml(signal: str, threshold: int) -> str:
+    """Return 10 rules grouped by src_ip, where rule i matches event_class == EVENT_CLASSES[i]."""
+    parts: list[str] = []
+    for index, event_class in enumerate(EVENT_CLASSES):
+        parts.append(
+            f"- id: rule-{index}\n"
+            f"  group: {RULE_GROUP}\n"
+            f"  signal: {signal}\n"
+            f"  match: {{field: event_class, equals: {event_class}}}\n"
+            f"  group_by: [src_ip]\n"
+            f"  threshold: {threshold}\n"
+            f"  window: {WINDOW_S}s\n"
+            f"  bucket: {BUCKET_S}s\n"
+        )
+    return "".join(parts)
+
+
+def rule_signals(signal: str) -> tuple[Signal, ...]:
+    """Return the signals a rule group reads when all its rules have `signal`, as the worker does."""
+    if signal == "any":
+        return (Signal.LOGS, Signal.EVENTS)
+    return (Signal(signal),)
+
+
+# ------------------------------------------------------------------------- scratch resources
+
+
+def database_url(admin_url: str, name: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(admin_url)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo("", **{k: v for k, v in info.items() if v is not None})
+
+
+@asynccontextmanager
+async def scratch_database(admin_url: str) -> AsyncIterator[str]:
+    """Create and migrate a database aw_bench_<hex>, yield its URL, and drop it at the end."""
+    name = f"aw_bench_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as admin:
+        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        url = database_url(admin_url, name)
+        await migrate(url)
+        yield url
+    finally:
+        async with await psycopg.AsyncConnection.connect(admin_url, autocommit=True) as admin:
+            await admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@asynccontextmanager
+async def scratch_stream(js: JetStreamContext, nats_url: str) -> AsyncIterator[JetStreamSettings]:
+    """Create a stream AW_BENCH_<hex> with its own subject prefix, and delete it at the end."""
+    suffix = uuid.uuid4().hex[:12]
+    prefix = f"awbench{suffix}"
+    settings = JetStreamSettings(
+        url=nats_url,
+        stream=f"AW_BENCH_{suffix.upper()}",
+        logs_subject=f"{prefix}.logs.{{tenant}}.>",
+        events_subject=f"{prefix}.events.{{tenant}}.>",
+        fetch_batch=setting_default("fetch_batch"),
+    )
+    # The stream takes every tenant's subjects, as Service._stream_subjects builds them.
+    subjects = [f"{prefix}.logs.*.>", f"{prefix}.events.*.>"]
+    await ensure_stream(js, settings, subjects)
+    try:
+        yield settings
+    finally:
+        await js.delete_stream(settings.stream)
+
+
+async def reset_state(url: str) -> None:
+    """Empty the tables a service pass writes, so every pass starts without checkpoints."""
+    tables = sql.SQL(", ").join(sql.Identifier(table) for table in STATE_TABLES)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("TRUNCATE {}").format(tables))
+
+
+# -------------------------------------------------------------------------------- publishing
+
+
+async def publish_workload(
+    nc: NatsClient, js: JetStreamContext, settings: JetStreamSettings, workload: Workload
+) -> dict[str, int]:
+    """Publish every event on its tenant's logs subject and return each tenant's last stream sequence.
+
+    Core publish without acknowledgements is much faster than JetStream publish from Python, so
+    the script checks afterwards that the stream stored every message.
+    """
+    subjects = [publish_subject(settings, tenant, Signal.LOGS) for tenant in workload.tenants]
+    now_s = time.time()
+    for index, (tenant_index, record) in enumerate(workload.events):
+        if index % 1000 == 0:
+            now_s = time.time()
+        # The evaluator's clock is the stored time, so an event stamped now is within its window.
+        record["time"] = now_s
+        await nc.publish(subjects[tenant_index], orjson.dumps(record))
+    await nc.flush()
+
+    expected = len(workload.events)
+    deadline = time.monotonic() + 30.0
+    while (stored := (await js.stream_info(settings.stream)).state.messages) < expected:
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"stream {settings.stream} stored {stored:,} of {expected:,} published messages "
+                "after 30 s; check the nats-server log for dropped messages or storage limits"
+            )
+        await asyncio.sleep(0.1)
+
+    last_sequences: dict[str, int] = {}
+    for tenant in workload.tenants:
+        subject = publish_subject(settings, tenant, Signal.LOGS)
+        last_sequences[tenant] = (await js.get_last_msg(settings.stream, subject)).seq or 0
+    return last_sequences
+
+
+# ---------------------------------------------------------------------------------- fetch-only
+
+
+@dataclass(slots=True)
+class FetchPass:
+    seconds: float
+    delivered: int
+    """Messages the consumers received, more than the events when the server ignores filters."""
+
+
+class PullCounter:
+    """Pull requests on one consumer, one request at a time, with a callback that counts messages.
+
+    nats-py parses each message and hands it to this callback, which counts it and returns. Each
+    request is for `fetch_batch` messages and expires after `fetch_timeout_s`.
+    """
+
+    def __init__(self, nc: NatsClient, settings: JetStreamSettings, consumer: str, pending: int) -> None:
+        self.nc = nc
+        self.subject = f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{settings.stream}.{consumer}"
+        self.settings = settings
+        self.pending = pending
+        self.delivered = 0
+        self._in_request = 0
+        self._status: str | None = None
+        self._request_done = asyncio.Event()
+
+    async def _on_message(self, message: Msg) -> None:
+        status = message.headers.get(STATUS_HEADER) if message.headers else None
+        if status is not None:
+            # 100 is a heartbeat. Any other status (404, 408, 409) ends the request.
+            if status != "100":
+                self._status = status
+                self._request_done.set()
+            return
+        self.delivered += 1
+        self._in_request += 1
+        if self._in_request == self.settings.fetch_batch or self.delivered >= self.pending:
+            self._request_done.set()
+
+    async def run(self) -> int:
+        """Send requests until every pending message has arrived, and return the message count."""
+        inbox = self.nc.new_inbox()
+        subscription = await self.nc.subscribe(
+            inbox, cb=self._on_message, pending_msgs_limit=-1, pending_bytes_limit=-1
+        )
+        expires_ns = int(self.settings.fetch_timeout_s * 1_000_000_000)
+        request = orjson.dumps({"batch": self.settings.fetch_batch, "expires": expires_ns})
+        try:
+            while self.delivered < self.pending:
+                self._in_request = 0
+                self._status = None
+                self._request_done.clear()
+                await self.nc.publish(self.subject, request, reply=inbox)
+                try:
+                    # The server ends a request by its expiry at the latest; 1 s covers the round trip.
+                    await asyncio.wait_for(self._request_done.wait(), self.settings.fetch_timeout_s + 1.0)
+                except TimeoutError:
+                    raise SystemExit(
+                        f"pull request on {self.subject} got no reply within "
+                        f"{self.settings.fetch_timeout_s + 1.0:.0f} s; check the nats-server log"
+                    ) from None
+                if self._status not in (None, "404", "408"):
+                    raise SystemExit(
+                        f"pull request on {self.subject} failed with status {self._status} after "
+                        f"{self.delivered:,} of {self.pending:,} messages; check the nats-server log"
+                    )
+        finally:
+            await subscription.unsubscribe()
+        return self.delivered
+
+
+async def add_fetch_consumer(
+    js: JetStreamContext, settings: JetStreamSettings, tenant: str, signals: Sequence[Signal]
+) -> ConsumerInfo:
+    """Create the tenant's consumer as JetStreamInput._open configures it.
+
+    It starts at the first stored message. That reads the same messages as the workers' start
+    time, because the stream contains only this run's messages.
+    """
+    patterns = [tenant_subject(settings, tenant, signal) for signal in signals]
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL,
+        inactive_threshold=settings.consumer_inactive_s,
+    )
+    if len(patterns) == 1:
+        config.filter_subject = patterns[0]
+    else:
+        config.filter_subjects = patterns
+    return await js.add_consumer(settings.stream, config=config)
+
+
+async def fetch_with_callback(
+    nc: NatsClient, js: JetStreamContext, settings: JetStreamSettings, tenant: str, signals: Sequence[Signal]
+) -> tuple[str, int]:
+    """Read every message of the tenant's consumer with PullCounter and return the consumer and count."""
+    info = await add_fetch_consumer(js, settings, tenant, signals)
+    # num_pending is what the server will deliver: the whole stream when it ignores the filter.
+    counter = PullCounter(nc, settings, info.name, info.num_pending or 0)
+    return info.name, await counter.run()
+
+
+async def fetch_with_nats_py(
+    nc: NatsClient, js: JetStreamContext, settings: JetStreamSettings, tenant: str, signals: Sequence[Signal]
+) -> tuple[str, int]:
+    """Read every message of the tenant's consumer with nats-py's PullSubscription.fetch."""
+    info = await add_fetch_consumer(js, settings, tenant, signals)
+    subscription = await js.pull_subscribe_bind(consumer=info.name, stream=settings.stream)
+    pending = info.num_pending or 0
+    delivered = 0
+    try:
+        while delivered < pending:
+            try:
+                messages = await subscription.fetch(settings.fetch_batch, timeout=settings.fetch_timeout_s)
+            except TimeoutError:
+                raise SystemExit(
+                    f"fetch-only consumer of {tenant} timed out after {delivered:,} of {pending:,} "
+                    f"messages; check that stream {settings.stream} still contains them"
+                ) from None
+            delivered += len(messages)
+    finally:
+        await subscription.unsubscribe()
+    return info.name, delivered
+
+
+FETCHERS = {"fetch": fetch_with_callback, "nats-py-fetch": fetch_with_nats_py}
+
+
+async def run_fetch_pass(
+    path: str,
+    nc: NatsClient,
+    js: JetStreamContext,
+    settings: JetStreamSettings,
+    tenants: Sequence[str],
+    signals: Sequence[Signal],
+) -> FetchPass:
+    fetcher = FETCHERS[path]
+    gc.collect()
+    started = time.perf_counter()
+    results = await asyncio.gather(*(fetcher(nc, js, settings, tenant, signals) for tenant in tenants))
+    seconds = time.perf_counter() - started
+    # Deleting the consumers is not timed. The workers delete theirs in stop(), which only the
+    # service's flushed time includes.
+    for consumer, _ in results:
+        await js.delete_consumer(settings.stream, consumer)
+    return FetchPass(seconds, sum(delivered for _, delivered in results))
+
+
+# ------------------------------------------------------------------------------ service path
+
+
+@dataclass(slots=True)
+class ServicePass:
+    evaluated_s: float
+    flushed_s: float
+    flushes: int = 0
+    flushed_rows: int = 0
+    flush_seconds: float = 0.0
+    """Summed over the workers. Their flushes overlap in time, so the sum can exceed the pass time."""
+    transitions: int = 0
+    events: int = 0
+    matched: int = 0
+    late: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def worker_config(js: JetStreamContext, settings: JetStreamSettings, store: PostgresStore) -> WorkerConfig:
+    return WorkerConfig(
+        store=store,
+        js=js,
+        jetstream=settings,
+        sink=DiscardSink(),
+        max_future_skew_s=setting_default("max_future_skew_s"),
+        history_retention_s=setting_default("history_retention_s"),
+        tick_delay_s=setting_default("tick_delay_s"),
+        queue_batches=setting_default("queue_batches"),
+        max_message_bytes=setting_default("max_message_bytes"),
+    )
+
+
+async def wait_until_applied(
+    workers: Sequence[RuleGroupWorker], last_sequences: dict[str, int], timeout_s: float
+) -> None:
+    """Return once every worker has applied its tenant's last message.
+
+    Raises SystemExit when a worker failed or `timeout_s` passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        failed = [w.tenant for w in workers if w.state is WorkerState.FAILED or w.restarts]
+        if failed:
+            raise SystemExit(
+                f"the workers of {', '.join(failed)} failed: the evaluator_failed log lines above give the error"
+            )
+        behind = [w for w in workers if w.applied_offset <= last_sequences[w.tenant]]
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            positions = ", ".join(
+                f"{w.tenant} at {w.applied_offset} of {last_sequences[w.tenant]}" for w in behind
+            )
+            raise SystemExit(
+                f"service pass timed out after {timeout_s:g} s with workers behind ({positions}): raise "
+                "--timeout-s, or check the warnings above"
+            )
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def run_service_pass(
+    js: JetStreamContext,
+    settings: JetStreamSettings,
+    store: PostgresStore,
+    tenants: Sequence[str],
+    rules_text: str,
+    last_sequences: dict[str, int],
+    timeout_s: float,
+) -> ServicePass:
+    config = worker_config(js, settings, store)
+    # One rule list per worker, as the service's catalog builds them, because compiled rules
+    # carry run-time counters.
+    workers = [
+        RuleGroupWorker(tenant, RULE_GROUP, load_rules_text(rules_text), config) for tenant in tenants
+    ]
+    gc.collect()
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    try:
+        await wait_until_applied(workers, last_sequences, timeout_s)
+        evaluated = time.perf_counter()
+    finally:
+        await asyncio.gather(*(worker.stop() for worker in workers))
+    flushed = time.perf_counter()
+
+    result = ServicePass(evaluated - started, flushed - started)
+    for worker in workers:
+        pipeline = worker.pipeline
+        assert pipeline is not None, "a worker that applied messages has a pipeline"
+        result.flushes += pipeline.stats.flushes
+        result.flushed_rows += pipeline.stats.flushed_rows
+        result.flush_seconds += pipeline.stats.flush_seconds
+        result.transitions += pipeline.stats.transitions
+        result.events += pipeline.evaluator.stats.events
+        for rule_stats in pipeline.evaluator.stats.rules.values():
+            result.matched += rule_stats.matched
+            result.late += rule_stats.late
+        for reason, count in worker.counters.skipped.items():
+            result.skipped[reason] = result.skipped.get(reason, 0) + count
+    return result
+
+
+def check_service_pass(result: ServicePass, event_count: int) -> None:
+    """Fail unless the workers evaluated every published event, each with one matching rule.
+
+    This checks the totals, with no event late or skipped, not the identity of each event.
+    """
+    problems: list[str] = []
+    if result.events != event_count:
+        problems.append(f"{result.events:,} events evaluated, expected {event_count:,}")
+    if result.matched != event_count:
+        problems.append(f"{result.matched:,} rule matches, expected {event_count:,} (one per event)")
+    if result.late:
+        problems.append(f"{result.late:,} events counted as late")
+    if result.skipped:
+        problems.append(f"records skipped: {result.skipped}")
+    if problems:
+        raise SystemExit("invalid service pass: " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+@dataclass(slots=True)
+class Measurements:
+    fetch: dict[str, list[FetchPass]] = field(default_factory=dict)
+    service: list[ServicePass] = field(default_factory=list)
+
+
+async def measure(args: argparse.Namespace, paths: Sequence[str]) -> None:
+    workload = generate_workload(args.events, args.tenants, args.keys)
+    nc = await nats.connect(args.nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream()
+        async with scratch_stream(js, args.nats_url) as settings, scratch_database(args.pg_url) as url:
+            print_header(args, nc, await server_version(url), settings)
+            published_at = time.time()
+            last_sequences = await publish_workload(nc, js, settings, workload)
+            print(f"published {args.events:,} events in {time.time() - published_at:.1f} s", file=sys.stderr)
+            store = PostgresStore(url, pool_max=setting_default("database_pool_max"))
+            await store.open()
+            try:
+                measurements = await measure_paths(
+                    args, paths, nc, settings, store, url, workload, last_sequences, published_at
+                )
+            finally:
+                await store.close()
+    finally:
+        await nc.close()
+    print_results(measurements, args.events)
+
+
+async def measure_paths(
+    args: argparse.Namespace,
+    paths: Sequence[str],
+    nc: NatsClient,
+    settings: JetStreamSettings,
+    store: PostgresStore,
+    url: str,
+    workload: Workload,
+    last_sequences: dict[str, int],
+    published_at: float,
+) -> Measurements:
+    js = nc.jetstream()
+    measurements = Measurements()
+    signals = rule_signals(args.signal)
+    rules_text = rules_yaml(args.signal, args.threshold)
+    for repeat in range(args.repeats):
+        order = list(paths) if repeat % 2 == 0 else list(reversed(paths))
+        for path in order:
+            if path in FETCHERS:
+                fetch = await run_fetch_pass(path, nc, js, settings, workload.tenants, signals)
+                measurements.fetch.setdefault(path, []).append(fetch)
+                print(f"  {path}: {fetch.seconds:.2f} s", file=sys.stderr, flush=True)
+                continue
+            # A worker without a checkpoint starts reading one window before the wall clock.
+            if time.time() - published_at > WINDOW_S - LOOKBACK_MARGIN_S:
+                raise SystemExit(
+                    f"the events were published more than {WINDOW_S - LOOKBACK_MARGIN_S:.0f} s ago, so new "
+                    f"workers (which read back {WINDOW_S} s) would miss some; lower --events or --repeats"
+                )
+            await reset_state(url)
+            service = await run_service_pass(
+                js, settings, store, workload.tenants, rules_text, last_sequences, args.timeout_s
+            )
+            check_service_pass(service, len(workload.events))
+            measurements.service.append(service)
+            print(
+                f"  service: evaluated {service.evaluated_s:.2f} s, flushed {service.flushed_s:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return measurements
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+async def server_version(url: str) -> str:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        row = await (await conn.execute("SHOW server_version")).fetchone()
+    return str(row[0]) if row else "unknown"
+
+
+def describe_machine() -> str:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"nproc {os.cpu_count()}, CPU {model}, Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
+
+
+def describe_code() -> str:
+    """Return the commit of the imported alertwarden package and its files that differ from it."""
+    package_dir = os.path.dirname(os.path.abspath(alertwarden.__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=package_dir, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."], cwd=package_dir, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return f"{package_dir}, not in a git checkout"
+    changed = [line[3:] for line in status.splitlines()]
+    return f"{commit}, uncommitted changes in {', '.join(changed)}" if changed else commit
+
+
+def print_header(args: argparse.Namespace, nc: NatsClient, pg_version: str, settings: JetStreamSettings) -> None:
+    print(f"command: {shlex.join(sys.orig_argv)}")
+    print(f"machine: {describe_machine()}")
+    print(f"code: {describe_code()}")
+    version = nc.connected_server_version
+    print(f"servers: nats-server {version.major}.{version.minor}.{version.patch}, PostgreSQL {pg_version}")
+    print(
+        f"data: {args.events:,} events over {args.tenants} tenants, {args.keys:,} src_ip keys per tenant, "
+        f"seed {SEED}; rules per tenant: 10, signal {args.signal}, group_by [src_ip], threshold "
+        f"{args.threshold}, window {WINDOW_S}s, bucket {BUCKET_S}s; fetch batch {settings.fetch_batch}; "
+        f"best and median of {args.repeats}\n",
+        flush=True,
+    )
+
+
+ROW_NAMES = {
+    "fetch": "fetch-only, pull requests + callback",
+    "nats-py-fetch": "fetch-only, nats-py PullSubscription.fetch",
+}
+
+
+def print_results(measurements: Measurements, event_count: int) -> None:
+    rows = [(ROW_NAMES[path], [p.seconds for p in passes]) for path, passes in measurements.fetch.items()]
+    if measurements.service:
+        rows.append(("service, evaluated", [p.evaluated_s for p in measurements.service]))
+        rows.append(("service, evaluated + final flush", [p.flushed_s for p in measurements.service]))
+    reference = measurements.fetch.get("fetch")
+    reference_rate = event_count / statistics.median(p.seconds for p in reference) if reference else None
+
+    print("| path | events | median s | median events/s | best events/s | median / fetch-only median |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, seconds in rows:
+        median_s = statistics.median(seconds)
+        ratio = f"{event_count / median_s / reference_rate:.1%}" if reference_rate else "n/a"
+        print(
+            f"| {name} | {event_count:,} | {median_s:.2f} | {event_count / median_s:,.0f} "
+            f"| {event_count / min(seconds):,.0f} | {ratio} |"
+        )
+    print()
+    for path, passes in measurements.fetch.items():
+        if passes[0].delivered != event_count:
+            print(f"The {path} consumers received {passes[0].delivered:,} messages for {event_count:,} events.")
+    if measurements.service:
+        last = measurements.service[-1]
+        print(
+            f"Service pass (last of {len(measurements.service)}): {last.flushes} flushes of {last.flushed_rows:,} "
+            f"rows in {last.flush_seconds:.2f} s summed over the workers, {last.transitions:,} transitions."
+        )
+    if reference_rate and measurements.service:
+        for name, seconds in rows[-2:]:
+            share = event_count / statistics.median(seconds) / reference_rate
+            verdict = "met" if share >= TARGET_RATIO else "missed"
+            print(f"Goal service >= {TARGET_RATIO:.0%} of fetch-only, {name}: {share:.1%}, {verdict}.")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events to publish and time (default 200000)")
+    parser.add_argument("--tenants", type=int, default=10, help="tenants, one worker each (default 10)")
+    parser.add_argument("--keys", type=int, default=1_000, help="distinct src_ip values per tenant (default 1000)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes of each path (default 3)")
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        default=10,
+        help="threshold of every rule. The default turns about 0.5 %% of the events into a "
+        "transition, and a threshold above the events per tenant turns none (default 10)",
+    )
+    parser.add_argument(
+        "--paths",
+        default="fetch,service",
+        help="comma-separated paths to time: fetch, nats-py-fetch, service (default fetch,service)",
+    )
+    parser.add_argument(
+        "--signal",
+        choices=("logs", "any"),
+        default="logs",
+        help="signal of the rules. With logs, each consumer filters on one subject. With any, it "
+        "filters on the logs and events subjects, which nats-server before 2.10 ignores, so every "
+        "consumer receives the whole stream (default logs)",
+    )
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help=f"server database for CREATE DATABASE (default {DEFAULT_PG_URL})")
+    parser.add_argument("--nats-url", default=DEFAULT_NATS_URL, help=f"NATS server with JetStream (default {DEFAULT_NATS_URL})")
+    parser.add_argument(
+        "--timeout-s", type=float, default=300.0, help="seconds a service pass may take before it fails (default 300)"
+    )
+    args = parser.parse_args(argv)
+
+    for name in ("events", "tenants", "keys", "repeats", "threshold"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    unknown = [path for path in args.paths.split(",") if path.strip() not in PATHS]
+    if unknown:
+        parser.error(f"invalid --paths value {unknown[0]!r}: use a comma-separated subset of {','.join(PATHS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    paths = [path for path in PATHS if path in {p.strip() for p in args.paths.split(",")}]
+    # Warnings only: the workers' start and stop lines would interleave with the table.
+    configure_logging("warning")
+    asyncio.run(measure(args, paths))
+
+
+if __name__ == "__main__":
+    main()
