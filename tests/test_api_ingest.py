@@ -28,6 +28,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 MAX_BODY_BYTES = 4096
 MAX_EVENTS = 5
 
+AT = "2026-12-04T10:00:00Z"
+"""Event time of the ingest tests: the endpoint rejects events without one."""
+
 
 @dataclass
 class Env:
@@ -113,8 +116,8 @@ async def test_ingest_stores_events(env: Env) -> None:
     tenant = await create_tenant(env.client)
     headers = await tenant_headers(env.client, tenant)
     events = [
-        {"id": "log-1", "message": "Failed password for root"},
-        {"class_uid": 3002, "metadata": {"uid": "ocsf-1"}, "status": "Failure"},
+        {"id": "log-1", "time": AT, "message": "Failed password for root"},
+        {"class_uid": 3002, "time": 1796378400000, "metadata": {"uid": "ocsf-1"}, "status": "Failure"},
     ]
     response = await env.client.post(f"/v1/tenants/{tenant}/events", headers=headers, json=events)
     assert response.status_code == 202, response.text
@@ -129,7 +132,7 @@ async def test_ingest_stores_events(env: Env) -> None:
 async def test_ingest_single_object(env: Env) -> None:
     tenant = await create_tenant(env.client)
     response = await env.client.post(
-        f"/v1/tenants/{tenant}/events", headers=ADMIN, params={"signal": "events"}, json={"event_id": 7}
+        f"/v1/tenants/{tenant}/events", headers=ADMIN, params={"signal": "events"}, json={"event_id": 7, "class_uid": 3002, "time": 1796378400000}
     )
     assert response.status_code == 202, response.text
     assert response.json() == {"accepted": 1, "duplicates": 0}
@@ -142,28 +145,28 @@ async def test_ingest_single_object(env: Env) -> None:
 async def test_ingest_duplicate_id(env: Env) -> None:
     tenant = await create_tenant(env.client)
     path = f"/v1/tenants/{tenant}/events"
-    first = await env.client.post(path, headers=ADMIN, json={"id": "same", "n": 1})
-    second = await env.client.post(path, headers=ADMIN, json=[{"id": "same", "n": 2}, {"n": 3}])
+    first = await env.client.post(path, headers=ADMIN, json={"id": "same", "time": AT, "n": 1})
+    second = await env.client.post(path, headers=ADMIN, json=[{"id": "same", "time": AT, "n": 2}, {"time": AT, "n": 3}])
     assert first.json() == {"accepted": 1, "duplicates": 0}
     assert second.status_code == 202, second.text
     assert second.json() == {"accepted": 1, "duplicates": 1}
 
     messages = await stored_messages(env, tenant, 3)
-    assert [json.loads(message.data) for message in messages] == [{"id": "same", "n": 1}, {"n": 3}]
+    assert [json.loads(message.data) for message in messages] == [{"id": "same", "time": AT, "n": 1}, {"time": AT, "n": 3}]
 
 
 async def test_ingest_limits(env: Env) -> None:
     tenant = await create_tenant(env.client)
     path = f"/v1/tenants/{tenant}/events"
 
-    too_many = await env.client.post(path, headers=ADMIN, json=[{"n": n} for n in range(MAX_EVENTS + 1)])
+    too_many = await env.client.post(path, headers=ADMIN, json=[{"time": AT, "n": n} for n in range(MAX_EVENTS + 1)])
     assert too_many.status_code == 413
     assert f"limit of {MAX_EVENTS}" in too_many.json()["detail"]
 
     too_large = await env.client.post(path, headers=ADMIN, json={"message": "x" * MAX_BODY_BYTES})
     assert too_large.status_code == 413
 
-    not_object = await env.client.post(path, headers=ADMIN, json=[{"n": 1}, "text"])
+    not_object = await env.client.post(path, headers=ADMIN, json=[{"time": AT, "n": 1}, "text"])
     assert not_object.status_code == 422
     detail = not_object.json()["detail"][0]
     assert detail["loc"] == ["body", 1]
@@ -172,21 +175,30 @@ async def test_ingest_limits(env: Env) -> None:
     invalid_json = await env.client.post(path, headers=ADMIN, content=b"{not json")
     assert invalid_json.status_code == 422
 
-    valid = await env.client.post(path, headers=ADMIN, json={"n": "valid"})
+    no_time = await env.client.post(path, headers=ADMIN, json=[{"time": AT}, {"n": 2}])
+    assert no_time.status_code == 422
+    assert no_time.json()["detail"][0]["loc"] == ["body", 1]
+    assert "timestamp" in no_time.json()["detail"][0]["msg"]
+
+    any_signal = await env.client.post(path, headers=ADMIN, params={"signal": "any"}, json={"n": 1})
+    assert any_signal.status_code == 422
+    assert "use logs or events" in any_signal.text
+
+    valid = await env.client.post(path, headers=ADMIN, json={"time": AT, "n": "valid"})
     assert valid.status_code == 202, valid.text
     messages = await stored_messages(env, tenant, 2)
-    assert [json.loads(message.data) for message in messages] == [{"n": "valid"}]
+    assert [json.loads(message.data) for message in messages] == [{"time": AT, "n": "valid"}]
 
 
 async def test_ingest_other_tenant(env: Env) -> None:
     owner = await create_tenant(env.client)
     other = await create_tenant(env.client)
     headers = await tenant_headers(env.client, other)
-    response = await env.client.post(f"/v1/tenants/{owner}/events", headers=headers, json={"n": 1})
+    response = await env.client.post(f"/v1/tenants/{owner}/events", headers=headers, json={"time": AT, "n": 1})
     assert response.status_code == 404
-    missing = await env.client.post("/v1/tenants/no-such-tenant/events", headers=ADMIN, json={"n": 1})
+    missing = await env.client.post("/v1/tenants/no-such-tenant/events", headers=ADMIN, json={"time": AT, "n": 1})
     assert missing.status_code == 404
-    unauthenticated = await env.client.post(f"/v1/tenants/{owner}/events", json={"n": 1})
+    unauthenticated = await env.client.post(f"/v1/tenants/{owner}/events", json={"time": AT, "n": 1})
     assert unauthenticated.status_code == 401
 
 
@@ -195,7 +207,7 @@ async def test_ingest_without_jetstream(store: PostgresStore) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
         tenant = await create_tenant(client)
-        response = await client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json={"n": 1})
+        response = await client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json={"time": AT, "n": 1})
         metrics = await client.get("/metrics", headers=ADMIN)
     assert response.status_code == 503
     assert "no JetStream connection" in response.json()["detail"]
@@ -205,7 +217,7 @@ async def test_ingest_without_jetstream(store: PostgresStore) -> None:
 async def test_ingest_jetstream_closed(env: Env) -> None:
     tenant = await create_tenant(env.client)
     await env.nc.close()
-    response = await env.client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json={"n": 1})
+    response = await env.client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json={"time": AT, "n": 1})
     assert response.status_code == 503
     assert "retry later" in response.json()["detail"]
 

@@ -15,7 +15,9 @@ from pydantic import BaseModel
 
 from alertwarden.api.deps import TenantScope
 from alertwarden.api.models import unprocessable
+from alertwarden.errors import EventError
 from alertwarden.events import Signal
+from alertwarden.sources.jsonl import JsonParser, OcsfParser
 from alertwarden.sources.jetstream import JetStreamSettings, ensure_stream, publish_events, tenant_subjects
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,21 @@ def parse_events(body: bytes, max_events: int) -> list[dict[str, Any]]:
     return document
 
 
+_PARSERS: dict[Signal, JsonParser | OcsfParser] = {Signal.LOGS: JsonParser(), Signal.EVENTS: OcsfParser()}
+
+
+def check_event(index: int, signal: Signal, payload: bytes) -> None:
+    """Raise 422 naming the event's index when the evaluators could not parse it.
+
+    The evaluators parse the same bytes with the same parsers, so an event accepted here is
+    never skipped there as malformed or for its timestamp.
+    """
+    try:
+        _PARSERS[signal].parse(payload)
+    except EventError as error:
+        raise unprocessable(["body", index], f"invalid event at index {index}: {error}", None) from None
+
+
 def ingest_context(request: Request) -> IngestContext:
     context: IngestContext = request.app.state.ingest
     return context
@@ -130,14 +147,18 @@ async def ingest_events(
     ] = None,
 ) -> IngestResult:
     ingest = ingest_context(request)
+    if signal is Signal.ANY:
+        raise unprocessable(["query", "signal"], "invalid signal 'any': use logs or events, or leave it out", "any")
     events = parse_events(await request.body(), ingest.max_events)
     if ingest.js is None:
         raise HTTPException(503, "event ingest is disabled: this server has no JetStream connection")
 
     batches: dict[Signal, list[tuple[str | None, bytes]]] = {Signal.LOGS: [], Signal.EVENTS: []}
-    for event in events:
+    for index, event in enumerate(events):
         payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        batches[signal or event_signal(event)].append((event_id(event), payload))
+        event_kind = signal or event_signal(event)
+        check_event(index, event_kind, payload)
+        batches[event_kind].append((event_id(event), payload))
 
     accepted = 0
     duplicates = 0
