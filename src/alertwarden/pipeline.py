@@ -83,6 +83,8 @@ class RuleGroupPipeline:
         self._reported_skew = 0
         self._reported_drops: dict[str, tuple[int, int, int, int]] = {}
         self.resume_offset = 0
+        self.resumed = False
+        """True after start() when a usable checkpoint set resume_offset."""
         self._flushed_bucket: int | None = None
         self._last_offset = 0
         self._log = log.bind(tenant=self.tenant, rule_group=self.rule_group)
@@ -122,6 +124,7 @@ class RuleGroupPipeline:
             if warning:
                 self._log.warning("checkpoint_discarded", reason=warning)
             self.resume_offset = offset
+            self.resumed = warning is None
         report = self.evaluator.restore(stored.groups, checkpoint, replay=replay)
         resumed: list[Transition] = []
         if not replay and self.evaluator.settings.clock is ClockMode.WALL:

@@ -201,7 +201,7 @@ class RuleGroupWorker:
             config.jetstream,
             self.tenant,
             start_sequence,
-            start_time=config.wall_clock() - lookback_s if start_sequence <= 1 else None,
+            start_time=None if pipeline.resumed else config.wall_clock() - lookback_s,
             signals=signals,
             max_message_bytes=config.max_message_bytes,
         )
@@ -209,7 +209,7 @@ class RuleGroupWorker:
         try:
             first = await source.open()
             self.applied_offset = first
-            if start_sequence <= 1:
+            if not pipeline.resumed:
                 # Store where the first read starts, so a crash before the first flush resumes
                 # there and not at another start time.
                 await pipeline.flush(first, force=True)
