@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import nats
 import orjson
+import psycopg
 import pytest
 
 from serve_fixture import (
@@ -440,3 +441,51 @@ def test_serve_rule_file_reload(
     publish(names.logs_subject_of("acme"), [login_failed(f"f{i}", "web-01") for i in range(2)])
     fired = wait_until(lambda: history(admin, "acme", kind="fired"), 20, "the alert of version 2")
     assert fired[0]["count"] == 2
+
+
+def test_serve_restart_reads_events_of_downtime(
+    serve_factory: Callable[..., ServeProcess], names: ServeNames
+) -> None:
+    serve = serve_factory()
+    admin = serve.client()
+    create_tenant(admin, "acme")
+    short = {**RULE, "window": "10s", "bucket": "2s"}
+    assert admin.put("/v1/tenants/acme/rules/ssh-fail", json=short).status_code == 200
+    wait_until(lambda: rule_status(admin, "acme") == "healthy", 15, "the evaluator")
+    assert serve.terminate() == 0
+
+    # Stored while nothing runs, and older than the rule's window when serve starts again.
+    publish(names.logs_subject_of("acme"), [login_failed(f"d{i}", "db-01") for i in range(3)])
+    time.sleep(11)
+    serve.close_clients()
+    serve.start()
+    serve.wait_ready()
+    admin = serve.client()
+    wait_until(lambda: len(history(admin, "acme")) >= 2, 20, "the downtime's alert and its recovery")
+    assert [item["kind"] for item in history(admin, "acme")] == ["fired", "recovered"]
+
+
+def test_serve_deleted_rule_group_state_removed(
+    serve_factory: Callable[..., ServeProcess], names: ServeNames
+) -> None:
+    serve = serve_factory()
+    admin = serve.client()
+    create_tenant(admin, "acme")
+    wait_until(lambda: rule_status(admin, "acme") == "healthy", 15, "the evaluator")
+    publish(names.logs_subject_of("acme"), [login_failed(f"x{i}", "db-01") for i in range(2)])
+    wait_until(lambda: admin.get("/v1/tenants/acme/rules/ssh-fail/groups").json()["items"], 15, "the stored group")
+
+    def stored_rows() -> tuple[int, int]:
+        with psycopg.connect(serve.env["ALERTWARDEN_DATABASE_URL"]) as conn:
+            states = conn.execute("SELECT count(*) FROM rule_state WHERE tenant_id = 'acme'").fetchone()
+            checkpoints = conn.execute(
+                "SELECT count(*) FROM input_checkpoints WHERE tenant_id = 'acme'"
+            ).fetchone()
+        assert states is not None and checkpoints is not None
+        return int(states[0]), int(checkpoints[0])
+
+    assert stored_rows() == (1, 1)
+    assert admin.delete("/v1/tenants/acme/rules/ssh-fail").status_code == 204
+    wait_until(lambda: '"event":"rule_group_state_deleted"' in serve.log_path.read_text(), 15, "the state deletion")
+    # A rule group created again starts one window back, not from the old checkpoint.
+    assert stored_rows() == (0, 0)

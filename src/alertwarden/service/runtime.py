@@ -26,6 +26,7 @@ import uvicorn
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
 
 from alertwarden.api.app import MIN_ADMIN_TOKEN_CHARS, create_app
 from alertwarden.errors import ConfigError, StoreError
@@ -103,7 +104,7 @@ class Service:
         try:
             self.nats = await self._connect_nats()
             js = self.nats.jetstream()
-            await ensure_stream(js, self.jetstream, self._stream_subjects())
+            await self._ensure_stream(js)
             remote = [WebhookSink(url) for url in settings.webhook_urls]
             local: Sink = JsonLinesSink() if settings.stdout_alerts else DiscardSink()
             self._worker_config = WorkerConfig(
@@ -192,6 +193,7 @@ class Service:
         changed = False
         for group_id in [g for g in self.workers if g not in desired]:
             await self._stop_worker(group_id, reason="no enabled rule, or the tenant's flag is off")
+            await self._forget_if_deleted(group_id)
             changed = True
         for group_id, spec in desired.items():
             current = self.specs.get(group_id)
@@ -215,6 +217,20 @@ class Service:
                 await self.store.sweep()  # type: ignore[union-attr]
             except StoreError as error:
                 log.warning("sweep_failed", error=str(error))
+
+    async def _forget_if_deleted(self, group_id: GroupId) -> None:
+        """Delete the state of a rule group whose rules were all deleted.
+
+        Disabled rules and tenants whose flag is off are left to the sweep. A rule group with no
+        definitions at all is not the sweep's, so without this a rule group created again later
+        would resume from its old checkpoint.
+        """
+        assert self.store is not None
+        try:
+            if await self.store.forget_rule_group(*group_id):
+                log.info("rule_group_state_deleted", tenant=group_id[0], rule_group=group_id[1])
+        except StoreError as error:
+            log.warning("rule_group_state_delete_failed", tenant=group_id[0], rule_group=group_id[1], error=str(error))
 
     async def _stop_worker(self, group_id: GroupId, *, reason: str) -> None:
         worker = self.workers.pop(group_id)
@@ -290,8 +306,11 @@ class Service:
             for reason, count in worker.counters.skipped.items():
                 self.metrics.record_skipped_total(worker.tenant, worker.rule_group, reason, count)
             for rule in worker.rules:
-                status, _ = worker.rule_status(rule.id)
-                self.metrics.set_rule_health(worker.tenant, rule.id, status == "healthy")
+                status = self.rule_health(worker.tenant, rule.id)["status"]
+                self.metrics.set_rule_health(worker.tenant, rule.id, status in ("healthy", "starting"))
+        if self.catalog is not None:
+            for tenant, rule_id in self.catalog.problems:
+                self.metrics.set_rule_health(tenant, rule_id, False)
 
     # ------------------------------------------------------------ connections
 
@@ -316,9 +335,18 @@ class Service:
         url = self.settings.database_url.get_secret_value()
         try:
             await create_database_if_missing(url)
-            await run_migrations(url)
+            retention_s = int(self.settings.history_retention_s)
+            await run_migrations(url, retention_s=retention_s)
             store = PostgresStore(url, pool_max=self.settings.database_pool_max)
             await store.open()
+            if store.settings.retention_s != retention_s:
+                log.warning(
+                    "history_retention_differs",
+                    stored_s=store.settings.retention_s,
+                    requested_s=retention_s,
+                    note="the retention of the first migration applies; change the TimescaleDB "
+                    "policy or alertwarden_settings by hand to change it",
+                )
         except StoreError as error:
             raise ConfigError(
                 f"PostgreSQL is not reachable or not usable: {error}. Set ALERTWARDEN_DATABASE_URL to "
@@ -345,10 +373,21 @@ class Service:
             )
         except (OSError, TimeoutError, nats.errors.Error) as error:
             raise ConfigError(
-                f"NATS is not reachable at {_display_url(url)}: {error or type(error).__name__}. Start "
+                f"NATS is not reachable at {_display_url(url)}: {str(error) or type(error).__name__}. Start "
                 "nats-server with JetStream (-js), or set ALERTWARDEN_NATS_URL to its address"
             ) from None
         return client
+
+    async def _ensure_stream(self, js: JetStreamContext) -> None:
+        try:
+            await ensure_stream(js, self.jetstream, self._stream_subjects())
+        except (TimeoutError, nats.errors.Error) as error:
+            raise ConfigError(
+                f"JetStream stream {self.jetstream.stream!r} could not be created or updated: "
+                f"{str(error) or type(error).__name__}. Check that nats-server runs with JetStream "
+                "(-js) and has storage for ALERTWARDEN_STREAM_MAX_BYTES, or point ALERTWARDEN_STREAM "
+                "at an existing stream"
+            ) from None
 
     def _stream_subjects(self) -> list[str]:
         # The stream takes every tenant's subjects; each worker reads only its own tenant's.

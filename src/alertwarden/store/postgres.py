@@ -276,6 +276,9 @@ class PostgresStore:
         self._pool: AsyncConnectionPool | None = None
         self._settings: StoreSettings | None = None
         self._last_maintain: float | None = None
+        # Days whose history partition this store created or found. maintain() and any failed
+        # write clear the set, because another node's maintenance may drop a partition.
+        self._partition_days: set[date] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -406,11 +409,23 @@ class PostgresStore:
         history = _history_columns(tenant, rule_group, transitions)
         groups = _group_params([t.snapshot for t in transitions])
 
-        if self.settings.history_backend == "partitioned":
+        days = {_utc_day(at_s) for at_s in history["at_s"]}
+        if self.settings.history_backend == "partitioned" and not days <= self._partition_days:
             # Its own short transaction: a partition made for a batch that then fails is harmless.
             async with self._transaction("record_transitions") as conn:
                 await conn.execute(_ENSURE_PARTITIONS, (history["at_s"],))
+            self._partition_days |= days
 
+        try:
+            ids = await self._insert_transitions(tenant, rule_group, history, groups)
+        except StoreError:
+            self._partition_days.clear()
+            raise
+        return [ids[tid] for tid in history["transition_id"]]
+
+    async def _insert_transitions(
+        self, tenant: str, rule_group: str, history: dict[str, Any], groups: _GroupParams
+    ) -> dict[str, int]:
         async with self._transaction("record_transitions") as conn:
             cursor = await conn.execute(
                 _INSERT_HISTORY, {"tenant": tenant, "rule_group": rule_group, **history}
@@ -427,7 +442,7 @@ class PostgresStore:
             await conn.execute(
                 _UPSERT_GROUPS, {"tenant": tenant, "rule_group": rule_group, **groups.arrays}
             )
-        return [ids[tid] for tid in history["transition_id"]]
+        return ids
 
     async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
         """Upsert the changed groups, delete the forgotten ones and store the checkpoint.
@@ -516,6 +531,7 @@ class PostgresStore:
         and the report is empty.
         """
         self._last_maintain = time.monotonic()
+        self._partition_days.clear()
         if self.settings.history_backend != "partitioned":
             return MaintenanceReport((), (), 0)
         now_s = time.time() if now_s is None else check_time("now_s", now_s)
@@ -683,6 +699,29 @@ class PostgresStore:
                 disabled = cursor.rowcount
         inserted = sum(changed)
         return SyncReport(inserted=inserted, updated=len(changed) - inserted, disabled=disabled)
+
+    async def forget_rule_group(self, tenant: str, rule_group: str) -> bool:
+        """Delete a rule group's state and checkpoint when it has no rule definition left.
+
+        Returns True when something was deleted. Call it after the group's evaluator stopped;
+        an evaluator of the group started later writes a new checkpoint.
+        """
+        check_scope(tenant, rule_group)
+        async with self._transaction("forget_rule_group") as conn:
+            cursor = await conn.execute(
+                "SELECT 1 FROM rule_definitions WHERE tenant_id = %s AND rule_group = %s LIMIT 1",
+                (tenant, rule_group),
+            )
+            if await cursor.fetchone() is not None:
+                return False
+            states = await conn.execute(
+                "DELETE FROM rule_state WHERE tenant_id = %s AND rule_group = %s", (tenant, rule_group)
+            )
+            checkpoints = await conn.execute(
+                "DELETE FROM input_checkpoints WHERE tenant_id = %s AND rule_group = %s",
+                (tenant, rule_group),
+            )
+            return states.rowcount + checkpoints.rowcount > 0
 
     async def sweep(self) -> SweepReport:
         """Delete the group state and checkpoints that no rule or tenant flag keeps.
