@@ -75,8 +75,9 @@ class Metrics:
         )
         self.input_lag = Gauge(
             "alertwarden_input_lag_seconds",
-            "Wall clock minus the evaluator's clock: in event-time mode, how far the newest"
-            " evaluated event lags behind now.",
+            "Wall clock minus the evaluator's clock. Under serve the clock is the stored time of"
+            " the last message evaluated, or of the last idle tick, which trails by up to"
+            " fetch_timeout_s + tick_delay_s.",
             ["tenant", "rule_group"],
             registry=registry,
         )

@@ -124,7 +124,9 @@ class Settings(BaseSettings):
     """Also print every transition as one JSON line on standard output."""
     max_future_skew_s: float = Field(default=EngineSettings().max_future_skew_s, gt=0)
     ingest: IngestLimits = IngestLimits()
-    history_retention_s: float = Field(default=DEFAULT_HISTORY_RETENTION_S, gt=0)
+    history_retention_s: float = Field(default=DEFAULT_HISTORY_RETENTION_S, ge=3600)
+    """Age after which transition history is dropped. The first migration of a database
+    records it; later changes are reported at start but not applied."""
 
     @field_validator("admin_token")
     @classmethod

@@ -145,7 +145,8 @@ class RuleCatalog:
             model = RuleDefinition.model_validate({**definition, "id": rule_id, "group": rule_group})
             rule = compile_rule(model)
         except (ValidationError, RuleError, ValueError) as error:
-            message = f"rule {rule_id!r} of tenant {tenant!r}, version {version}, is invalid: {error}"
+            reason = _describe(error)
+            message = f"rule {rule_id!r} of tenant {tenant!r}, version {version}, is invalid: {reason}"
             known = self.problems.get(key)
             if known is None or known.version != version:
                 log.error(
@@ -153,7 +154,7 @@ class RuleCatalog:
                     tenant=tenant,
                     rule=rule_id,
                     version=version,
-                    error=str(error),
+                    error=reason,
                     previous_in_force=cached is not None,
                 )
             self.problems[key] = RuleProblem(version, message, cached is not None)
@@ -162,6 +163,17 @@ class RuleCatalog:
         compiled = (version, rule_group, rule)
         self._compiled[key] = compiled
         return compiled
+
+
+def _describe(error: Exception) -> str:
+    """Return a validation error as `field 'x': message` parts, without pydantic's links."""
+    if not isinstance(error, ValidationError):
+        return str(error)
+    parts = []
+    for detail in error.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in detail["loc"]) or "rule"
+        parts.append(f"field '{location}': {detail['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 def _stamp(path: os.PathLike[str] | str) -> tuple[int, int] | None:

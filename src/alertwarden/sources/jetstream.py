@@ -43,6 +43,8 @@ MAX_TENANT_LENGTH = 64
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 """Largest accepted message payload (1 MiB, the default `max_payload` of nats-server)."""
 
+SIGNAL_CACHE_SUBJECTS = 4096
+"""Subjects whose signal an input remembers; matching a subject against patterns costs more."""
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 30.0
 
@@ -309,6 +311,7 @@ class JetStreamInput:
         self.consumer_restarts = 0
         self._puller: PullFetcher | None = None
         self._warned_unfiltered = False
+        self._signal_cache: dict[str, Signal | None] = {}
         self._consumer: str | None = None
         self._retry_s = RETRY_INITIAL_S
 
@@ -421,10 +424,19 @@ class JetStreamInput:
         )
 
     def _signal_of(self, subject: str) -> Signal | None:
+        cache = self._signal_cache
+        if subject in cache:
+            return cache[subject]
+        found = None
         for signal, pattern in self.subjects.items():
             if subject_matches(pattern, subject):
-                return signal
-        return None
+                found = signal
+                break
+        if len(cache) >= SIGNAL_CACHE_SUBJECTS:
+            # Publishers choose subjects, so the cache starts over rather than grow.
+            cache.clear()
+        cache[subject] = found
+        return found
 
     async def _open(self) -> PullFetcher:
         if self._puller is not None:
