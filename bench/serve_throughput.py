@@ -65,23 +65,12 @@ from alertwarden.sources.jetstream import (
 )
 from alertwarden.store.migrate import migrate
 from alertwarden.store.postgres import PostgresStore
+# The event vocabulary of the engine benchmark, so both measure the same kind of events.
+from engine_throughput import EVENT_CLASSES, SEVERITIES  # bench/ is sys.path[0] when run as a script
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
-EVENT_CLASSES = (
-    "authentication_failure",
-    "authentication_success",
-    "process_start",
-    "file_access",
-    "network_connection",
-    "dns_query",
-    "privilege_change",
-    "config_change",
-    "account_lockout",
-    "malware_detection",
-)
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 HOT_KEY_COUNT = 10
 HOT_KEY_SHARE = 0.1
 """Share of a tenant's events sent by a few hot addresses, so that some groups fire."""
@@ -205,6 +194,8 @@ async def scratch_stream(js: JetStreamContext, nats_url: str) -> AsyncIterator[J
         logs_subject=f"{prefix}.logs.{{tenant}}.>",
         events_subject=f"{prefix}.events.{{tenant}}.>",
         fetch_batch=setting_default("fetch_batch"),
+        # JetStream reserves max_bytes of its storage for each stream; keep the reservation small.
+        max_bytes=1024**3,
     )
     # The stream takes every tenant's subjects, as Service._stream_subjects builds them.
     subjects = [f"{prefix}.logs.*.>", f"{prefix}.events.*.>"]

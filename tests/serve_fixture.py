@@ -174,6 +174,8 @@ def serve_env(database_url: str, names: ServeNames, port: int, **extra: str) -> 
         ALERTWARDEN_FETCH_TIMEOUT_S="0.5",
         ALERTWARDEN_TICK_DELAY_S="0.5",
         ALERTWARDEN_SHUTDOWN_TIMEOUT_S="20",
+        # JetStream reserves max_bytes of its storage for each stream; the default is 10 GiB.
+        ALERTWARDEN_STREAM_MAX_BYTES=str(256 * 1024 * 1024),
     )
     env.update(extra)
     return env
