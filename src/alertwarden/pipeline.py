@@ -8,6 +8,10 @@ Order of work for each input record, which is what makes a killed run restart ex
 A transition is written with its group's new state before any sink receives it, so a crash after the
 write neither loses it (it is in the outbox and sent on restart) nor repeats it (the group is
 frozen during the replay until the step of the transition).
+
+With defer_transitions (serve), steps 1 and 3 only collect the transitions. They are stored and
+sent by emit_deferred(), which the caller runs after a few records, and before every flush, so
+no checkpoint is written past a transition that is not stored.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class RuleGroupPipeline:
         wall_clock: Callable[[], float] = time.time,
         remote_sinks: Sequence[Sink] = (),
         delivery_timeout_s: float = 10.0,
+        defer_transitions: bool = False,
     ) -> None:
         self.evaluator = evaluator
         self.rules = {rule.id: rule for rule in rules}
@@ -103,6 +108,11 @@ class RuleGroupPipeline:
         ]
         self._remote_waiting: dict[int, int] = {}
         self.delivery_timeout_s = delivery_timeout_s
+        # With defer_transitions, process() collects transitions here and emit_deferred(), or
+        # the next flush, stores them in one transaction and sends them. The checkpoint never
+        # passes a deferred transition, because every flush emits them first.
+        self.defer_transitions = defer_transitions
+        self._deferred: list[Transition] = []
 
     # ------------------------------------------------------------- lifecycle
 
@@ -171,19 +181,20 @@ class RuleGroupPipeline:
         evaluator = self.evaluator
         ticked = evaluator.advance_for(event, offset, arrival_s)
         if ticked:
-            await self._emit(ticked)
+            await self._queue(ticked)
         await self._flush_if_due(offset)
         counted = evaluator.count(event, offset, arrival_s)
         if counted:
-            await self._emit(counted)
+            await self._queue(counted)
         self._last_offset = offset
 
     async def tick(self, now_s: float, offset: int) -> None:
         """Move the clock without an event (wall clock, or end of a replay)."""
         transitions = self.evaluator.advance(now_s, offset)
         if transitions:
-            await self._emit(transitions)
+            await self._queue(transitions)
         await self._flush_if_due(offset)
+        await self.emit_deferred()
 
     async def tick_idle(self, now_s: float, offset: int) -> None:
         """Move the clock while the input is idle and caught up at `offset`.
@@ -195,8 +206,9 @@ class RuleGroupPipeline:
         transitions = self.evaluator.advance(now_s, offset)
         if not transitions:
             await self._flush_if_due(offset)
+            await self.emit_deferred()
             return
-        await self._emit(transitions)
+        await self._queue(transitions)
         await self.flush(offset)
 
     # ---------------------------------------------------------------- flush
@@ -221,6 +233,9 @@ class RuleGroupPipeline:
         the evaluator keeps its changes in memory. The first flush that succeeds writes the
         current state of every group changed since the last good flush.
         """
+        # The checkpoint must not pass a deferred transition. While the store fails, _emit
+        # sends them at once and keeps them for the backlog.
+        await self.emit_deferred()
         if not force and self._in_backoff():
             return
         if self._unstored and not await self._store_backlog():
@@ -339,6 +354,19 @@ class RuleGroupPipeline:
 
     # --------------------------------------------------------- transitions
 
+    async def _queue(self, transitions: list[Transition]) -> None:
+        if self.defer_transitions:
+            self._deferred.extend(transitions)
+        else:
+            await self._emit(transitions)
+
+    async def emit_deferred(self) -> None:
+        """Store and send the transitions that process() deferred, in the order they were made."""
+        if self._deferred:
+            transitions = self._deferred
+            self._deferred = []
+            await self._emit(transitions)
+
     async def _emit(self, transitions: list[Transition]) -> None:
         """Store transitions with their group state, then send them.
 
@@ -394,25 +422,32 @@ class RuleGroupPipeline:
         return True
 
     async def _deliver(self, pending: list[tuple[int, Notification]]) -> None:
-        """Send stored transitions in order, marking each delivered as soon as it is sent.
+        """Send stored transitions in order and mark them delivered.
 
-        Marking one by one keeps the repeats after a kill to the one transition that was sent
-        but not yet marked. The first failure stops the batch; the outbox keeps the rest. With
-        remote sinks, the mark waits for them (see _remote_delivered).
+        Without defer_transitions each is marked as soon as it is sent, which keeps the repeats
+        after a kill to the one transition sent but not yet marked. With it, the transitions of
+        one call are marked together after the sends, so a kill may repeat all of them. The
+        first failure stops the sends; the outbox keeps the rest. With remote sinks, the mark
+        waits for them (see _remote_delivered).
         """
+        sent: list[int] = []
         for history_id, notification in pending:
             if not await self._send(notification):
-                return
+                break
             if self._remote:
                 self._remote_waiting[history_id] = len(self._remote)
                 for remote in self._remote:
                     remote.put(history_id, notification)
-                continue
-            await self._mark_delivered(history_id)
+            elif self.defer_transitions:
+                sent.append(history_id)
+            else:
+                await self._mark_delivered([history_id])
+        if sent:
+            await self._mark_delivered(sent)
 
-    async def _mark_delivered(self, history_id: int) -> None:
+    async def _mark_delivered(self, history_ids: list[int]) -> None:
         try:
-            await self.store.mark_delivered(self.tenant, [history_id])
+            await self.store.mark_delivered(self.tenant, history_ids)
         except StoreError as exc:
             # It stays in the outbox and is sent again after a restart (at least once).
             self._store_failed("mark_delivered", exc)
@@ -427,7 +462,7 @@ class RuleGroupPipeline:
             self._remote_waiting[history_id] = waiting - 1
             return
         del self._remote_waiting[history_id]
-        await self._mark_delivered(history_id)
+        await self._mark_delivered([history_id])
 
     async def _redeliver(self) -> None:
         try:

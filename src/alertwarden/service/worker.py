@@ -176,6 +176,8 @@ class RuleGroupWorker:
             history_retention_s=config.history_retention_s,
             wall_clock=config.wall_clock,
             remote_sinks=config.remote_sinks,
+            # One store transaction for the transitions of a time slice, not one per event.
+            defer_transitions=True,
         )
 
     def _resolve(self, source: str, offset: int) -> tuple[int, str | None]:
@@ -290,8 +292,10 @@ class RuleGroupWorker:
                 # nats-py hands a fetched batch over one message per event loop turn, so a
                 # worker that kept the loop for a whole batch would slow every other
                 # tenant's fetch by that much per message.
+                await pipeline.emit_deferred()
                 await asyncio.sleep(0)
                 slice_end = time.perf_counter() + TIME_SLICE_S
+        await pipeline.emit_deferred()
         self._update_health()
 
     def _parse(self, record: StreamRecord) -> Event | None:

@@ -132,6 +132,25 @@ ON CONFLICT (tenant_id, transition_id, at) DO NOTHING
 RETURNING transition_id, id
 """
 
+_HISTORY_ARRAYS = ("at_s", "rule_id", "group_key", "kind", "count", "transition_id", "details")
+
+# The history rows and their groups' state in one statement, so in one implicit transaction,
+# which saves BEGIN and COMMIT round trips per transition. The history arrays are renamed
+# with an h_ prefix because rule_id and group_key also name the arrays of _UPSERT_GROUPS.
+_RECORD_TRANSITIONS: LiteralString = (
+    "WITH inserted AS ("
+    + _INSERT_HISTORY.replace("%(at_s)s", "%(h_at_s)s")
+    .replace("%(rule_id)s", "%(h_rule_id)s")
+    .replace("%(group_key)s", "%(h_group_key)s")
+    .replace("%(kind)s", "%(h_kind)s")
+    .replace("%(count)s", "%(h_count)s")
+    .replace("%(transition_id)s", "%(h_transition_id)s")
+    .replace("%(details)s", "%(h_details)s")
+    + "), upserted AS ("
+    + _UPSERT_GROUPS
+    + ") SELECT transition_id, id FROM inserted"
+)
+
 # The day of a row is computed in SQL from the same to_timestamp() as the insert, so a time that
 # rounds up to midnight lands in the partition the insert routes it to.
 _ENSURE_PARTITIONS: LiteralString = """
@@ -426,11 +445,14 @@ class PostgresStore:
     async def _insert_transitions(
         self, tenant: str, rule_group: str, history: dict[str, Any], groups: _GroupParams
     ) -> dict[str, int]:
-        async with self._transaction("record_transitions") as conn:
-            cursor = await conn.execute(
-                _INSERT_HISTORY, {"tenant": tenant, "rule_group": rule_group, **history}
-            )
+        params: dict[str, Any] = {"tenant": tenant, "rule_group": rule_group, **groups.arrays}
+        for name in _HISTORY_ARRAYS:
+            params[f"h_{name}"] = history[name]
+        async with self._connection("record_transitions") as conn:
+            cursor = await conn.execute(_RECORD_TRANSITIONS, params)
             ids: dict[str, int] = dict(await cursor.fetchall())
+            # A transition recorded before a restart keeps its row, and the insert returns no id
+            # for it. A separate query also sees rows that another writer committed meanwhile.
             missing = [tid for tid in history["transition_id"] if tid not in ids]
             if missing:
                 cursor = await conn.execute(
@@ -439,9 +461,6 @@ class PostgresStore:
                     (tenant, missing),
                 )
                 ids.update(await cursor.fetchall())
-            await conn.execute(
-                _UPSERT_GROUPS, {"tenant": tenant, "rule_group": rule_group, **groups.arrays}
-            )
         return ids
 
     async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
@@ -498,7 +517,7 @@ class PostgresStore:
         checked = [check_int64("history id", history_id) for history_id in ids]
         if not checked:
             return
-        async with self._transaction("mark_delivered") as conn:
+        async with self._connection("mark_delivered") as conn:
             await conn.execute(
                 "UPDATE evaluation_history SET delivered = true"
                 " WHERE tenant_id = %s AND id = ANY (%s::bigint[]) AND NOT delivered",
@@ -742,6 +761,15 @@ class PostgresStore:
         return SweepReport(rule_state_rows=state_rows, checkpoint_rows=checkpoint_rows)
 
     # ------------------------------------------------------------ plumbing
+
+    @asynccontextmanager
+    async def _connection(self, action: str) -> AsyncIterator[psycopg.AsyncConnection]:
+        """Lend a pooled connection in autocommit mode, for single statements."""
+        if self._pool is None:
+            raise StoreError("PostgreSQL store is not open: call open() first")
+        with _translate_errors(action):
+            async with self._pool.connection() as conn:
+                yield conn
 
     @asynccontextmanager
     async def _transaction(
@@ -1438,10 +1466,7 @@ def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
 def _history_columns(
     tenant: str, rule_group: str, transitions: Sequence[Transition]
 ) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {
-        name: []
-        for name in ("at_s", "rule_id", "group_key", "kind", "count", "transition_id", "details")
-    }
+    columns: dict[str, list[Any]] = {name: [] for name in _HISTORY_ARRAYS}
     for transition in transitions:
         rule_id, at, kind, details = check_transition(transition)
 
