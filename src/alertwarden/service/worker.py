@@ -16,6 +16,7 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -35,6 +36,7 @@ log = get_logger(__name__)
 SKIP_LOG_INTERVAL_S = 60.0
 RESTART_INITIAL_S = 1.0
 RESTART_MAX_S = 60.0
+CANCEL_RETRY_S = 0.1
 TIME_SLICE_S = 0.002
 """Longest time a worker evaluates before it lets the other workers run."""
 UNHEALTHY_HOLD_S = 300.0
@@ -87,6 +89,21 @@ class WorkerConfig:
     queue_batches: int = 4
     max_message_bytes: int = 1_048_576
     wall_clock: Callable[[], float] = time.time
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it ends, cancelling again if it goes on.
+
+    A task may survive one cancel: code that catches CancelledError, or a library that loses
+    it, such as asyncio.wait_for of Python 3.11 when the cancel comes as its wait ends (CPython
+    gh-86296). A fetcher that survived would block on the full queue, and the worker's stop,
+    and with it every rule change and the shutdown, would wait for ever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_RETRY_S)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("cancelled_task_failed", task=task.get_name(), error=repr(task.exception()))
 
 
 class RuleGroupWorker:
@@ -159,7 +176,8 @@ class RuleGroupWorker:
                     exc_info=error,
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay_s)
+                    async with asyncio.timeout(delay_s):
+                        await self._stop.wait()
                 delay_s = min(delay_s * 2, RESTART_MAX_S)
         self.state = WorkerState.STOPPED
 
@@ -252,9 +270,7 @@ class RuleGroupWorker:
                 await asyncio.sleep(0)
         finally:
             stop.cancel()
-            fetcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await fetcher
+            await cancel_and_wait(fetcher)
 
     async def _fetch(
         self, source: JetStreamInput, queue: asyncio.Queue[tuple[list[StreamRecord], float, int]]

@@ -119,8 +119,10 @@ class PullFetcher:
         if not self._buffer:
             try:
                 # The server answers by timeout_s at the latest (messages or 408); the extra
-                # second allows for the round trip.
-                await asyncio.wait_for(self._wake.wait(), timeout_s + 1.0)
+                # second allows for the round trip. asyncio.timeout, because wait_for of Python
+                # 3.11 drops a cancel that comes as the wait ends (CPython gh-86296).
+                async with asyncio.timeout(timeout_s + 1.0):
+                    await self._wake.wait()
             except TimeoutError:
                 self._credits = 0
                 raise

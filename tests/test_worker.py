@@ -1,0 +1,64 @@
+"""RuleGroupWorker without servers: the stop of its fetch task."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alertwarden.service.worker import RuleGroupWorker, WorkerConfig, cancel_and_wait
+
+
+class CancelLosingSource:
+    """A JetStream input whose waits lose every cancel, as wait_for of Python 3.11 can."""
+
+    def __init__(self) -> None:
+        self.next_sequence = 1
+        self.calls = 0
+
+    async def fetch_batch(self) -> list[object]:
+        self.calls += 1
+        if self.calls == 1:
+            return []
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+        return []
+
+
+class IdlePipeline:
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def tick_idle(self, now_s: float, offset: int) -> None:
+        self.ticks += 1
+
+
+async def test_worker_stop_survives_lost_cancel() -> None:
+    config = WorkerConfig(
+        store=None,  # type: ignore[arg-type]
+        js=None,  # type: ignore[arg-type]
+        jetstream=None,  # type: ignore[arg-type]
+        sink=None,  # type: ignore[arg-type]
+        queue_batches=1,
+    )
+    worker = RuleGroupWorker("acme", "default", [], config)
+    source = CancelLosingSource()
+    pipeline = IdlePipeline()
+    consume = asyncio.create_task(worker._consume(source, pipeline))  # type: ignore[arg-type]
+    while source.calls < 2 or pipeline.ticks < 1:
+        await asyncio.sleep(0.01)
+
+    # The stop cancels the fetcher, which goes on and then blocks on the full queue.
+    worker._stop.set()
+    # asyncio.wait, not wait_for: a timeout must not cancel the stop it measures.
+    await asyncio.wait({consume}, timeout=5)
+
+    assert consume.done(), "the worker's stop waits for a fetcher that lost its cancel"
+    assert source.calls >= 3
+
+
+async def test_cancel_and_wait_plain_task() -> None:
+    task = asyncio.create_task(asyncio.sleep(3600))
+    await asyncio.sleep(0)
+    await cancel_and_wait(task)
+    assert task.cancelled()
