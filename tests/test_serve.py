@@ -255,6 +255,8 @@ def test_serve_unreachable_nats(tmp_path: Path, pg_url: str, names: ServeNames) 
     )
     assert result.returncode == 2
     assert "NATS is not reachable at nats://127.0.0.1:1" in result.stderr
+    # The cause of the last attempt, not the timeout that ended the wait.
+    assert "ConnectionRefusedError" in result.stderr
     assert "ALERTWARDEN_NATS_URL" in result.stderr
 
 
@@ -271,6 +273,23 @@ def test_serve_unreachable_postgres(tmp_path: Path, names: ServeNames) -> None:
     assert result.returncode == 2
     assert "PostgreSQL is not reachable" in result.stderr
     assert "ALERTWARDEN_DATABASE_URL" in result.stderr
+
+
+def test_serve_malformed_database_url(tmp_path: Path, names: ServeNames) -> None:
+    import subprocess
+    import sys
+
+    from serve_fixture import free_port, serve_env
+
+    env = serve_env("postgresql//postgres:S3cretPW@127.0.0.1:5432/x", names, free_port())
+    result = subprocess.run(
+        [sys.executable, "-m", "alertwarden", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "invalid ALERTWARDEN_DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "S3cretPW" not in result.stderr
+    assert "S3cretPW" not in result.stdout
 
 
 def test_serve_noisy_tenant_delays_other_less_than_bucket(

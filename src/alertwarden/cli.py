@@ -46,6 +46,8 @@ app = typer.Typer(
     help="Stateful threshold alerts over log and security-event streams.",
     no_args_is_help=True,
     add_completion=False,
+    # A traceback with local variables would print database URLs and tokens.
+    pretty_exceptions_show_locals=False,
 )
 rules_app = typer.Typer(help="Validate and explain rule files.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")

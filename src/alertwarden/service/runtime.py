@@ -169,7 +169,8 @@ class Service:
                 next_metrics = time.monotonic() + METRICS_INTERVAL_S
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_for_change(), self.settings.rules_poll_s)
+                async with asyncio.timeout(self.settings.rules_poll_s):
+                    await self._wait_for_change()
 
     async def _wait_for_change(self) -> None:
         stop = asyncio.ensure_future(self._stop.wait())
@@ -356,6 +357,13 @@ class Service:
 
     async def _connect_nats(self) -> NatsClient:
         url = self.jetstream.url
+        errors: list[Exception] = []
+
+        async def record_error(error: Exception) -> None:
+            # The first connect ends in a timeout; the error of the last attempt is the cause.
+            errors[:] = [error]
+            await _nats_error(error)
+
         try:
             # Reconnects are retried without end once connected; the first connect is bounded
             # here, because nats-py applies the same unlimited retries to it.
@@ -365,15 +373,16 @@ class Service:
                     connect_timeout=NATS_CONNECT_TIMEOUT_S,
                     max_reconnect_attempts=-1,
                     allow_reconnect=True,
-                    error_cb=_nats_error,
+                    error_cb=record_error,
                     disconnected_cb=_nats_disconnected,
                     reconnected_cb=_nats_reconnected,
                 ),
                 timeout=NATS_FIRST_CONNECT_TIMEOUT_S,
             )
         except (OSError, TimeoutError, nats.errors.Error) as error:
+            cause = errors[0] if isinstance(error, TimeoutError) and errors else error
             raise ConfigError(
-                f"NATS is not reachable at {_display_url(url)}: {str(error) or type(error).__name__}. Start "
+                f"NATS is not reachable at {_display_url(url)}: {_describe_error(cause)}. Start "
                 "nats-server with JetStream (-js), or set ALERTWARDEN_NATS_URL to its address"
             ) from None
         return client
@@ -464,6 +473,14 @@ async def create_database_if_missing(url: str) -> None:
     other connection failure is left for the migration runner to report.
     """
     try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        # psycopg's message repeats the URL, password included.
+        raise ConfigError(
+            "invalid ALERTWARDEN_DATABASE_URL: expected postgresql://user:password@host:port/database "
+            "or a libpq conninfo string such as 'host=... dbname=...'"
+        ) from None
+    try:
         conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
     except psycopg.OperationalError as error:
         if "does not exist" not in str(error):
@@ -496,6 +513,12 @@ def _display_url(url: str) -> str:
     if "@" in rest:
         rest = "<credentials>@" + rest.split("@", 1)[1]
     return scheme + separator + rest
+
+
+def _describe_error(error: BaseException) -> str:
+    """Return the exception's message, or its type name when the message is empty."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 async def _nats_error(error: Exception) -> None:

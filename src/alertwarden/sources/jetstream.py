@@ -45,6 +45,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 
 SIGNAL_CACHE_SUBJECTS = 4096
 """Subjects whose signal an input remembers; matching a subject against patterns costs more."""
+_WARNED_UNFILTERED: set[str] = set()
+"""Inputs already warned that the server ignores filter_subjects: once per process, because a
+worker restart or rule change creates a new input."""
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 30.0
 
@@ -310,7 +313,6 @@ class JetStreamInput:
         """Messages of subjects outside the tenant's, received only when the server ignores filters."""
         self.consumer_restarts = 0
         self._puller: PullFetcher | None = None
-        self._warned_unfiltered = False
         self._signal_cache: dict[str, Signal | None] = {}
         self._consumer: str | None = None
         self._retry_s = RETRY_INITIAL_S
@@ -469,14 +471,14 @@ class JetStreamInput:
             # NOTE: such an input then reads every tenant's messages, so a busy tenant delays
             # it as much as its own messages would. Use nats-server 2.10 or later, or rules of
             # one signal (logs or events) per rule group, which filter with one subject.
-            if not self._warned_unfiltered:
+            if self.name not in _WARNED_UNFILTERED:
                 log.warning(
                     "jetstream server ignored filter_subjects; reading the whole stream",
                     input=self.name,
                     subjects=patterns,
                     fix="upgrade nats-server to 2.10 or later, or give the rule group's rules one signal",
                 )
-                self._warned_unfiltered = True
+                _WARNED_UNFILTERED.add(self.name)
         if by_time and info.delivered is not None and info.delivered.stream_seq is not None:
             # A new consumer reports the sequence before its first message as delivered, which
             # turns the start time into a sequence that a checkpoint can store.
