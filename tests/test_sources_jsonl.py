@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from alertwarden.errors import EventError
-from alertwarden.events import Signal
+from alertwarden.events import Signal, SkipReason
 from alertwarden.sources.jsonl import JsonParser, OcsfParser, OtelParser
 
 BASE_S = 1702191346.0
@@ -153,3 +153,11 @@ def test_json_rejects(line: bytes, reason: str, fragments: list[str]) -> None:
     assert caught.value.reason == reason
     for fragment in fragments:
         assert fragment in str(caught.value)
+
+
+def test_ocsf_time_in_seconds_rejected() -> None:
+    with pytest.raises(EventError) as caught:
+        parse({"class_uid": 3002, "time": 1702191346})
+    assert caught.value.reason == SkipReason.BAD_TIMESTAMP
+    assert "send milliseconds, not seconds" in str(caught.value)
+    assert "time=1702191346" in str(caught.value)

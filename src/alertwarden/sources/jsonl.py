@@ -103,6 +103,10 @@ def is_otel(fields: dict[str, Any]) -> bool:
 # --- OCSF -----------------------------------------------------------------------------------
 
 
+OCSF_MIN_TIME_MS = 100_000_000_000
+"""1973-03-03T09:46:40Z in epoch milliseconds. An OCSF time below it is taken for seconds."""
+
+
 def ocsf_event(fields: dict[str, Any]) -> Event:
     """Build an OCSF event: `time` is integer milliseconds, event_id is `metadata.uid`."""
     raw = fields.get("time")
@@ -113,6 +117,13 @@ def ocsf_event(fields: dict[str, Any]) -> Event:
             SkipReason.WRONG_TYPE,
             f"invalid type of time: OCSF time is epoch milliseconds as a number, got "
             f"{_json_type(raw)} {_preview(raw)}",
+        )
+    if 0 <= raw < OCSF_MIN_TIME_MS:
+        # Epoch seconds of any time since 1973 lie in this range, and milliseconds would put
+        # the event in early 1970, where every rule drops it as late.
+        raise bad_timestamp(
+            "time", raw, "OCSF time is epoch milliseconds, and this is before March 1973: "
+            "send milliseconds, not seconds"
         )
     time_s = parse_epoch_unit(raw, divisor=1_000, field="time")
 
