@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
+import orjson
 import pytest
 
 from alertwarden.api import create_app
 from alertwarden.api.routes_rules import window_count
 from alertwarden.engine.records import GroupSnapshot, GroupStatus, Transition, TransitionKind
+from alertwarden.errors import InvalidValueError
+from alertwarden.store.checks import MAX_JSON_DEPTH, check_json_document
 from alertwarden.store.postgres import PostgresStore
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -41,6 +45,9 @@ def bearer(token: str) -> dict[str, str]:
 
 
 ADMIN = bearer(ADMIN_TOKEN)
+JSON_ADMIN = {**ADMIN, "Content-Type": "application/json"}
+"""Headers for bodies sent as raw bytes, which can hold escapes such as \\ud800 that httpx's
+json= cannot encode."""
 
 
 def new_tenant() -> str:
@@ -170,6 +177,60 @@ async def test_token_stored_as_salted_digest(client: httpx.AsyncClient, store: P
     assert len(salt) == 16
     assert token.encode() not in digest
     assert token.split("_", 2)[2].encode() not in digest
+
+
+async def test_token_name_nul_422(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.post(
+        f"/v1/tenants/{tenant}/tokens", headers=JSON_ADMIN, content=b'{"name": "ci\\u0000"}'
+    )
+    listed = await client.get(f"/v1/tenants/{tenant}/tokens", headers=ADMIN)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["field"] == "token name"
+    assert detail["input"] == "ci\x00"
+    assert "invalid token name 'ci\\x00'" in detail["msg"]
+    assert listed.json()["items"] == []
+
+
+async def test_token_name_lone_surrogate_422(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.post(
+        f"/v1/tenants/{tenant}/tokens", headers=JSON_ADMIN, content=b'{"name": "\\ud800"}'
+    )
+
+    assert response.status_code == 422, response.text
+    detail = orjson.loads(response.content)["detail"][0]
+    assert detail["loc"] == ["body", "name"]
+    assert detail["input"] == "\\ud800"
+
+
+async def test_token_id_nul_422(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.delete(f"/v1/tenants/{tenant}/tokens/a%00b", headers=ADMIN)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["field"] == "token_id"
+    assert detail["input"] == "a\x00b"
+
+
+async def test_store_failure_503(pg_store_url: str) -> None:
+    store = PostgresStore(pg_store_url)
+    await store.open()
+    app = create_app(store, admin_token=ADMIN_TOKEN)
+    await store.close()
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        response = await client.get(f"/v1/tenants/{new_tenant()}/rules", headers=ADMIN)
+
+    assert response.status_code == 503
+    assert response.json() == {"detail": "the state store failed; retry later"}
 
 
 # ------------------------------------------------------------ tenants and features
@@ -406,6 +467,82 @@ async def test_body_too_large_chunked(client: httpx.AsyncClient) -> None:
     assert response.status_code == 413
 
 
+@pytest.mark.parametrize(
+    ("body", "loc", "field", "value"),
+    [
+        (b'{"labels": {"team": "a\\u0000b"}}', ["body", "labels", "team"], "labels.team", "a\x00b"),
+        (b'{"labels": {"team": "\\ud800"}}', ["body", "labels", "team"], "labels.team", "\\ud800"),
+        (b'{"labels": {"\\ud800": "a"}}', ["body", "labels", "\\ud800"], "key in labels", "\\ud800"),
+        (b'{"description": "\\u0000"}', ["body", "description"], "description", "\x00"),
+        (
+            b'{"match": {"field": "user", "equals": "a\\u0000"}}',
+            ["body", "match", "equals"], "match.equals", "a\x00",
+        ),
+        (
+            b'{"match": {"field": "n", "in": [1, 18446744073709551616]}}',
+            ["body", "match", "in", 1], "match.in[1]", 2**64,
+        ),
+    ],
+)
+async def test_rule_unstorable_value_422(
+    client: httpx.AsyncClient, body: bytes, loc: list[object], field: str, value: object
+) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+    await client.put(path, headers=ADMIN, json=RULE)
+
+    response = await client.put(path, headers=JSON_ADMIN, content=body)
+    stored = await client.get(path, headers=ADMIN)
+
+    assert response.status_code == 422, response.text
+    detail = orjson.loads(response.content)["detail"]
+    assert detail[0]["loc"] == loc
+    assert detail[0]["field"] == field
+    assert detail[0]["input"] == value
+    assert field in detail[0]["msg"]
+    assert stored.json()["version"] == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 5000 + b"]" * 5000, b'{"threshold": 3, "description": "\xff"}'],
+    ids=["nested-5000", "invalid-utf8"],
+)
+async def test_rule_unparsable_body_422(store: PostgresStore, body: bytes) -> None:
+    # The default body limit of 1 MiB, because the nested body is larger than the fixture's.
+    app = create_app(store, admin_token=ADMIN_TOKEN)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        tenant = await create_tenant(client)
+        response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=JSON_ADMIN, content=body)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body"]
+    assert detail["msg"].startswith("invalid JSON body: ")
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "value"),
+    [
+        (b'{"colour": "\\ud800"}', ["body", "colour"], "\\ud800"),
+        (b'{"threshold": "\\udfff"}', ["body", "threshold"], "\\udfff"),
+        (b'{"threshold": NaN}', ["body", "threshold"], "nan"),
+    ],
+)
+async def test_rule_error_body_encodes_input(
+    client: httpx.AsyncClient, body: bytes, loc: list[str], value: str
+) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=JSON_ADMIN, content=body)
+
+    assert response.status_code == 422, response.text
+    detail = orjson.loads(response.content)["detail"]
+    assert detail[0]["loc"] == loc
+    assert detail[0]["input"] == value
+
+
 # ------------------------------------------------------------ groups
 
 
@@ -526,6 +663,66 @@ async def test_history_filters(client: httpx.AsyncClient, store: PostgresStore) 
     assert bad_cursor.json()["detail"][0]["input"] == "bm9wZQ"
 
 
+@pytest.mark.parametrize(
+    ("group", "message"),
+    [
+        ('{"source_id":"\\u0000"}', "invalid group.source_id '\\x00'"),
+        ('{"a\\u0000":"x"}', "invalid key in group 'a\\x00'"),
+    ],
+)
+async def test_history_group_nul_422(client: httpx.AsyncClient, group: str, message: str) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.get(f"/v1/tenants/{tenant}/history", params={"group": group}, headers=ADMIN)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["query", "group"]
+    assert detail["input"] == group
+    assert message in detail["msg"]
+
+
+def history_cursor(at_s: float, row_id: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([at_s, row_id])).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("at_s", "row_id"),
+    [(1e20, 1), (-1e20, 1), (253402300800.0, 1), (NOW_S, 2**64 - 1)],
+    ids=["far-future", "far-past", "year-10000", "id-over-int64"],
+)
+async def test_history_cursor_out_of_range_422(
+    client: httpx.AsyncClient, at_s: float, row_id: int
+) -> None:
+    tenant = await create_tenant(client)
+    cursor = history_cursor(at_s, row_id)
+
+    response = await client.get(f"/v1/tenants/{tenant}/history", params={"cursor": cursor}, headers=ADMIN)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["query", "cursor"]
+    assert detail["input"] == cursor
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"cursor": history_cursor(datetime(1, 1, 1, tzinfo=UTC).timestamp(), 1)},
+        {"cursor": history_cursor(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp(), 1)},
+        {"since": "0001-01-01T00:00:00+14:00", "until": "9999-12-31T23:59:59-14:00"},
+    ],
+    ids=["cursor-year-1", "cursor-year-9999", "since-until-extremes"],
+)
+async def test_history_time_range_edges(client: httpx.AsyncClient, params: dict[str, str]) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.get(f"/v1/tenants/{tenant}/history", params=params, headers=ADMIN)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"items": [], "next_cursor": None}
+
+
 # ------------------------------------------------------------ health and OpenAPI
 
 
@@ -587,6 +784,19 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
             assert "401" in operation["responses"], (method, path)
 
 
+async def test_openapi_events_request_body(client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+    operation = response.json()["paths"]["/v1/tenants/{tenant}/events"]["post"]
+
+    request_body = operation["requestBody"]
+    schema = request_body["content"]["application/json"]["schema"]
+    assert request_body["required"] is True
+    assert schema["oneOf"][0]["type"] == "object"
+    assert schema["oneOf"][1]["type"] == "array"
+    assert schema["oneOf"][1]["items"]["type"] == "object"
+    assert schema["oneOf"][1]["minItems"] == 1
+
+
 def test_create_app_short_admin_token(store: PostgresStore) -> None:
     from alertwarden.errors import ConfigError
 
@@ -606,3 +816,44 @@ async def test_invalid_ids_rejected(client: httpx.AsyncClient, method: str, suff
 
     assert response.status_code in (404, 422), response.text
     assert response.status_code != 503
+
+
+# ------------------------------------------------------------ JSON documents for the store
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "field"),
+    [
+        ({"a": ["x", "y\x00"]}, ("a", 1), "a[1]"),
+        ({"a": {"\ud800": 1}}, ("a", "\ud800"), "key in a"),
+        ({"a": -(2**63) - 1}, ("a",), "a"),
+        ({"a": [float("nan")]}, ("a", 0), "a[0]"),
+        ({"a": [float("-inf")]}, ("a", 0), "a[0]"),
+    ],
+)
+def test_check_json_document_rejects(
+    document: dict[str, object], path: tuple[object, ...], field: str
+) -> None:
+    with pytest.raises(InvalidValueError) as raised:
+        check_json_document(document)
+
+    assert raised.value.path == path
+    assert raised.value.field == field
+
+
+def test_check_json_document_depth() -> None:
+    deepest: object = []
+    for _ in range(MAX_JSON_DEPTH - 1):
+        deepest = [deepest]
+    too_deep = [deepest]
+
+    check_json_document(deepest)
+    orjson.dumps(deepest)
+    with pytest.raises(InvalidValueError, match=f"nested deeper than {MAX_JSON_DEPTH}"):
+        check_json_document(too_deep)
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(too_deep)
+
+
+def test_check_json_document_accepts() -> None:
+    check_json_document({"a": [None, True, 2**64 - 1, -(2**63), 1.5, "Grüße 🚨"], "": {}})

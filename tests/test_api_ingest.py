@@ -190,6 +190,62 @@ async def test_ingest_limits(env: Env) -> None:
     assert [json.loads(message.data) for message in messages] == [{"time": AT, "n": "valid"}]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 1500 + b"]" * 1500,
+        b'{"time": "' + AT.encode() + b'", "host": "\\ud800"}',
+        b'[{"time": "' + AT.encode() + b'"}, {"host": "\\udc00"}]',
+        b'{"host": "\xff"}',
+    ],
+    ids=["nested-1500", "lone-high-surrogate", "lone-low-surrogate-in-array", "invalid-utf8"],
+)
+async def test_ingest_unparsable_body_422(env: Env, body: bytes) -> None:
+    tenant = await create_tenant(env.client)
+    path = f"/v1/tenants/{tenant}/events"
+
+    response = await env.client.post(path, headers=ADMIN, content=body)
+    valid = await env.client.post(path, headers=ADMIN, json={"time": AT, "n": "valid"})
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body"]
+    assert detail["msg"].startswith("invalid JSON body: ")
+    assert valid.status_code == 202, valid.text
+    messages = await stored_messages(env, tenant, 2)
+    assert [json.loads(message.data) for message in messages] == [{"time": AT, "n": "valid"}]
+
+
+async def test_ingest_event_too_deep_422(env: Env) -> None:
+    tenant = await create_tenant(env.client)
+    nested: object = "leaf"
+    for _ in range(300):
+        nested = [nested]
+
+    response = await env.client.post(
+        f"/v1/tenants/{tenant}/events", headers=ADMIN, json=[{"time": AT}, {"time": AT, "x": nested}]
+    )
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", 1]
+    assert "invalid event at index 1" in detail["msg"]
+
+
+async def test_ingest_payload_compact_utf8(env: Env) -> None:
+    tenant = await create_tenant(env.client)
+    # A UTF-8 byte order mark, escapes of a surrogate pair and of Latin-1 letters, and spaces.
+    body = b'\xef\xbb\xbf[ {"time": "' + AT.encode() + b'", "msg": "\\ud83d\\udea8 Gr\\u00fc\\u00dfe"} ]'
+
+    response = await env.client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, content=body)
+
+    assert response.status_code == 202, response.text
+    messages = await stored_messages(env, tenant, 1)
+    assert [message.data for message in messages] == [
+        ('{"time":"' + AT + '","msg":"🚨 Grüße"}').encode()
+    ]
+
+
 async def test_ingest_other_tenant(env: Env) -> None:
     owner = await create_tenant(env.client)
     other = await create_tenant(env.client)
@@ -233,3 +289,10 @@ async def test_metrics_endpoint(env: Env) -> None:
     tenant = await create_tenant(env.client)
     tenant_response = await env.client.get("/metrics", headers=await tenant_headers(env.client, tenant))
     assert tenant_response.status_code == 403
+
+
+async def test_metrics_content_type(env: Env) -> None:
+    response = await env.client.get("/metrics", headers=ADMIN)
+
+    # docs/api.md names this header; prometheus_client 0.26 sends it.
+    assert response.headers["content-type"] == "text/plain; version=1.0.0; charset=utf-8"

@@ -29,7 +29,7 @@ from alertwarden.engine.records import (
     Transition,
     TransitionKind,
 )
-from alertwarden.errors import StoreError
+from alertwarden.errors import InvalidValueError, StoreError
 from alertwarden.events import Event, Signal
 from alertwarden.pipeline import RuleGroupPipeline
 from alertwarden.rules import load_rules_text
@@ -350,6 +350,46 @@ async def test_nul_rejected(store: PostgresStore, call: str) -> None:
 
     with pytest.raises(StoreError, match="NUL"):
         await calls[call]()
+
+
+@pytest.mark.parametrize(
+    ("call", "field", "value"),
+    [
+        ("token_name", "token name", "ci\x00"),
+        ("tenant_surrogate", "tenant", "t\ud800"),
+        ("history_limit", "limit", 0),
+        ("cursor_id", "cursor id", 2**64 - 1),
+        ("cursor_at", "cursor at", math.inf),
+    ],
+)
+async def test_invalid_value_error_names_value(
+    store: PostgresStore, call: str, field: str, value: object
+) -> None:
+    calls = {
+        "token_name": lambda: store.insert_api_token(
+            unique(), "0123456789abcdef", "ci\x00", b"salt", b"digest"
+        ),
+        "tenant_surrogate": lambda: store.tenant_flag("t\ud800"),
+        "history_limit": lambda: store.history_page(unique(), limit=0),
+        "cursor_id": lambda: store.history_page(unique(), after=(1.0, 2**64 - 1)),
+        "cursor_at": lambda: store.history_page(unique(), after=(math.inf, 1)),
+    }
+
+    with pytest.raises(InvalidValueError) as raised:
+        await calls[call]()
+
+    assert isinstance(raised.value, StoreError)
+    assert raised.value.field == field
+    assert raised.value.value == value
+
+
+async def test_closed_store_error_not_invalid_value(pg_store_url: str) -> None:
+    pg_store = PostgresStore(pg_store_url)
+
+    with pytest.raises(StoreError) as raised:
+        await pg_store.tenant_flag("t")
+
+    assert not isinstance(raised.value, InvalidValueError)
 
 
 async def test_invalid_count_rejected(store: PostgresStore) -> None:

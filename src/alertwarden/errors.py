@@ -21,6 +21,22 @@ class StoreError(AlertwardenError):
     """The state store failed to read or write. The driver's exception is the cause."""
 
 
+class InvalidValueError(StoreError):
+    """A value that the store rejects before any SQL runs, so a retry with it fails the same way.
+
+    The message names the field and the value. `path` locates the value inside a JSON document,
+    such as ("labels", "team"), and is empty for a plain value.
+    """
+
+    def __init__(
+        self, message: str, *, field: str, value: object, path: tuple[str | int, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.path = path
+
+
 class SinkError(AlertwardenError):
     """A notification could not be delivered after all retries."""
 

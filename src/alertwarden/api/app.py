@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from nats.js import JetStreamContext
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from alertwarden.api import routes_history, routes_ingest, routes_metrics, routes_rules, routes_tenants
 from alertwarden.api.auth import admin_digest
 from alertwarden.api.deps import ApiContext, ServiceHooks
+from alertwarden.api.error_handlers import add_error_handlers
 from alertwarden.api.models import Health
 from alertwarden.errors import ConfigError, StoreError
 from alertwarden.metrics import Metrics
@@ -73,7 +74,7 @@ def create_app(
     )
     app.state.metrics = metrics
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)
-    app.add_exception_handler(StoreError, _store_error)
+    add_error_handlers(app)
     app.include_router(routes_tenants.router)
     app.include_router(routes_rules.router)
     app.include_router(routes_history.router)
@@ -110,13 +111,6 @@ def create_app(
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     return app
-
-
-async def _store_error(request: Request, error: Exception) -> JSONResponse:
-    log.error("store error on %s %s: %s", request.method, request.url.path, error)
-    return JSONResponse(
-        {"detail": "the state store failed; retry later"}, status_code=503
-    )
 
 
 class BodySizeLimit:

@@ -12,6 +12,9 @@ import orjson
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from alertwarden.errors import InvalidValueError
+from alertwarden.store.checks import check_json_document
+
 MAX_TENANT_CHARS = 64
 MAX_PAGE_LIMIT = 1000
 DEFAULT_PAGE_LIMIT = 100
@@ -221,4 +224,9 @@ def parse_group_filter(text: str | None) -> dict[str, str | None] | None:
             ' such as {"source_id":"10.0.0.1"}',
             text,
         )
+    try:
+        # Catches an escaped NUL such as {"a":"\u0000"}, which the store cannot hold.
+        check_json_document(group, "group")
+    except InvalidValueError as error:
+        raise unprocessable(["query", "group"], str(error), text) from None
     return group

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -16,9 +17,11 @@ from alertwarden.api.models import (
     encode_cursor,
     parse_group_filter,
     parse_time,
+    unprocessable,
 )
 from alertwarden.engine.records import TransitionKind, format_time
 from alertwarden.rules.model import ID_PATTERN
+from alertwarden.store.checks import INT64_MAX, INT64_MIN
 
 router = APIRouter(prefix="/v1/tenants/{tenant}/history", tags=["history"])
 
@@ -46,10 +49,7 @@ async def list_history(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LIMIT)] = DEFAULT_PAGE_LIMIT,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
 ) -> HistoryPage:
-    after = None
-    if cursor is not None:
-        at_s, row_id = decode_cursor(cursor, (float, int))
-        after = (float(at_s), row_id)
+    after = None if cursor is None else decode_history_cursor(cursor)
     rows = await api.store.history_page(
         tenant,
         rule_id=rule,
@@ -79,3 +79,26 @@ async def list_history(
         last = rows[limit - 1]
         next_cursor = encode_cursor([last.at, last.id])
     return HistoryPage(items=items, next_cursor=next_cursor)
+
+
+def decode_history_cursor(cursor: str) -> tuple[float, int]:
+    """Return the (at, id) pair of a history cursor, or raise 422 when no stored row can have it.
+
+    A stored row's `at` is a time that datetime can represent (years 1 to 9999), because the
+    store formats it before writing the row, and its id is a PostgreSQL bigint. Checking this
+    here keeps PostgreSQL's to_timestamp from overflowing on a forged cursor such as [1e20, 1].
+    """
+    at_s, row_id = decode_cursor(cursor, (float, int))
+    try:
+        datetime.fromtimestamp(at_s, UTC)
+        valid = INT64_MIN <= row_id <= INT64_MAX
+    except (OverflowError, OSError, ValueError):
+        valid = False
+    if not valid:
+        raise unprocessable(
+            ["query", "cursor"],
+            f"invalid cursor {cursor!r}: its time or id is out of range. Pass the next_cursor of"
+            " the previous page unchanged",
+            cursor,
+        )
+    return float(at_s), row_id

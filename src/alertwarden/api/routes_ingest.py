@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import nats.errors
+import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 from nats.js import JetStreamContext
 from pydantic import BaseModel
@@ -23,8 +23,33 @@ from alertwarden.sources.jetstream import JetStreamSettings, ensure_stream, publ
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_EVENTS = 1000
+UTF8_BOM = b"\xef\xbb\xbf"
 
 router = APIRouter(prefix="/v1/tenants/{tenant}/events", tags=["ingest"])
+
+_EVENT_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": True}
+
+# The route reads the raw body, so FastAPI cannot derive this part of the OpenAPI document.
+EVENTS_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "description": (
+        "One event as a JSON object, or a non-empty array of at most max_ingest_events (default"
+        f" {DEFAULT_MAX_EVENTS}) events, in UTF-8. The Content-Type header is not checked."
+    ),
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {**_EVENT_SCHEMA, "title": "Event"},
+                    {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1, "title": "Events"},
+                ]
+            },
+            "example": [
+                {"id": "log-1", "time": "2026-12-04T10:00:00Z", "message": "Failed password for root"}
+            ],
+        }
+    },
+}
 
 
 @dataclass(slots=True)
@@ -76,11 +101,14 @@ def parse_events(body: bytes, max_events: int) -> list[dict[str, Any]]:
     """Return the events of a body holding one JSON object or an array of them.
 
     Raises 422 for invalid JSON or a non-object element (naming its index), and 413 for more
-    than `max_events` events.
+    than `max_events` events. orjson rejects invalid UTF-8, a lone surrogate escape such as
+    \\ud800 and nesting deeper than 1024 levels as invalid JSON.
     """
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        # orjson rejects a UTF-8 byte order mark, which some editors and Windows tools write
+        # before JSON, so it is skipped.
+        document = orjson.loads(body.removeprefix(UTF8_BOM))
+    except orjson.JSONDecodeError as error:
         raise unprocessable(["body"], f"invalid JSON body: {error}", None) from None
 
     if isinstance(document, dict):
@@ -108,6 +136,19 @@ def parse_events(body: bytes, max_events: int) -> list[dict[str, Any]]:
 _PARSERS: dict[Signal, JsonParser | OcsfParser] = {Signal.LOGS: JsonParser(), Signal.EVENTS: OcsfParser()}
 
 
+def encode_event(index: int, event: dict[str, Any]) -> bytes:
+    """Return the event as compact UTF-8 JSON, or raise 422 naming its index when orjson cannot.
+
+    orjson.dumps writes at most 254 nested levels, fewer than the 1024 that orjson.loads reads.
+    """
+    try:
+        return orjson.dumps(event)
+    except orjson.JSONEncodeError as error:
+        raise unprocessable(
+            ["body", index], f"invalid event at index {index}: cannot be encoded as JSON: {error}", None
+        ) from None
+
+
 def check_event(index: int, signal: Signal, payload: bytes) -> None:
     """Raise 422 naming the event's index when the evaluators could not parse it.
 
@@ -130,11 +171,12 @@ def ingest_context(request: Request) -> IngestContext:
     status_code=202,
     summary="Publish events to the tenant's JetStream subjects",
     response_model=IngestResult,
+    openapi_extra={"requestBody": EVENTS_REQUEST_BODY},
     responses={
         401: {"description": "Missing, invalid or revoked token."},
         404: {"description": "No such tenant, or a tenant the token may not see."},
         413: {"description": "Body over the byte limit, or more events than the count limit."},
-        422: {"description": "Invalid JSON, a non-object event (named by index) or an invalid signal."},
+        422: {"description": "Invalid JSON, an invalid event (named by index) or an invalid signal."},
         503: {"description": "No JetStream connection, or JetStream did not store the events."},
     },
 )
@@ -155,7 +197,7 @@ async def ingest_events(
 
     batches: dict[Signal, list[tuple[str | None, bytes]]] = {Signal.LOGS: [], Signal.EVENTS: []}
     for index, event in enumerate(events):
-        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        payload = encode_event(index, event)
         event_kind = signal or event_signal(event)
         check_event(index, event_kind, payload)
         batches[event_kind].append((event_id(event), payload))

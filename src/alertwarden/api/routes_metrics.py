@@ -19,7 +19,7 @@ router = APIRouter(tags=["metrics"])
     summary="Return the metrics in the Prometheus text format",
     response_class=Response,
     responses={
-        200: {"description": "Prometheus text format 0.0.4.", "content": {CONTENT_TYPE: {}}},
+        200: {"description": "Prometheus text format.", "content": {CONTENT_TYPE: {}}},
         401: {"description": "Missing, invalid or revoked token."},
         403: {"description": "A tenant token; the endpoint requires the admin token."},
         503: {"description": "This server was built without metrics."},

@@ -23,9 +23,10 @@ from alertwarden.api.models import (
     unprocessable,
 )
 from alertwarden.engine.records import GroupSnapshot, format_time
-from alertwarden.errors import RuleError
+from alertwarden.errors import InvalidValueError, RuleError
 from alertwarden.rules import RuleDefinition, RuleFieldErrors, compile_rule
 from alertwarden.rules.model import ID_PATTERN
+from alertwarden.store.checks import check_json_document
 
 _SCOPED: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, invalid or revoked token."},
@@ -236,6 +237,16 @@ def _validate_rule(rule_id: str, body: dict[str, Any]) -> RuleDefinition:
         raise HTTPException(422, _validation_details(error, body)) from None
     except RuleError as error:
         raise unprocessable(["body"], str(error), None) from None
+    try:
+        # The rule model takes some values that the store's jsonb column cannot hold, such as a
+        # NUL character in a label.
+        check_json_document(body)
+    except InvalidValueError as error:
+        raise HTTPException(
+            422,
+            [{"loc": ["body", *error.path], "field": error.field, "msg": str(error),
+              "input": error.value}],
+        ) from None
     return definition
 
 
