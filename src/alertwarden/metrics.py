@@ -15,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from alertwarden.pipeline import RuleGroupPipeline
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-"""Content type of the Prometheus text exposition format, version 0.0.4."""
+"""Content type of the Prometheus text format as prometheus_client names it (version 1.0.0 in 0.26)."""
 
 
 class EventResult:
@@ -85,6 +85,16 @@ class Metrics:
             "alertwarden_evaluator_restarts",
             "Restarts of a rule group's evaluator after a failure.",
             ["tenant", "rule_group"],
+            registry=registry,
+        )
+        self.leases_held = Gauge(
+            "alertwarden_leases_held",
+            "Rule groups this node holds the lease of and evaluates.",
+            registry=registry,
+        )
+        self.rule_groups_elsewhere = Gauge(
+            "alertwarden_rule_groups_elsewhere",
+            "Active rule groups whose lease another node holds.",
             registry=registry,
         )
         self.store_ready = Gauge(

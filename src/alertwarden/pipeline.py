@@ -163,6 +163,11 @@ class RuleGroupPipeline:
         finally:
             await self._stop_remote()
 
+    async def abandon(self) -> None:
+        """Stop the remote deliveries without a flush; the outbox keeps what they did not send."""
+        for remote in self._remote:
+            await remote.stop()
+
     async def _stop_remote(self) -> None:
         for remote in self._remote:
             if not await remote.drain(self.delivery_timeout_s):

@@ -29,6 +29,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from alertwarden.api.app import MIN_ADMIN_TOKEN_CHARS, create_app
+from alertwarden.cluster.leases import LeaseHolder
 from alertwarden.errors import ConfigError, StoreError
 from alertwarden.logs import get_logger
 from alertwarden.metrics import Metrics
@@ -85,6 +86,9 @@ class Service:
         self.catalog: RuleCatalog | None = None
         self.workers: dict[GroupId, RuleGroupWorker] = {}
         self.specs: dict[GroupId, GroupSpec] = {}
+        self.leases: LeaseHolder | None = None
+        self.elsewhere: dict[GroupId, GroupSpec] = {}
+        """Active rule groups whose lease another node holds."""
         self.rules_loaded = False
         self._worker_config: WorkerConfig | None = None
         self._stop = asyncio.Event()
@@ -102,6 +106,11 @@ class Service:
         remote: list[Sink] = []
         server: _Server | None = None
         try:
+            self.leases = LeaseHolder(settings.database_url.get_secret_value())
+            try:
+                await self.leases.open()
+            except StoreError as error:
+                raise ConfigError(f"{error}. Check ALERTWARDEN_DATABASE_URL") from None
             self.nats = await self._connect_nats()
             js = self.nats.jetstream()
             await self._ensure_stream(js)
@@ -184,6 +193,8 @@ class Service:
     async def _reconcile(self) -> None:
         catalog = self.catalog
         assert catalog is not None and self._worker_config is not None
+        if not await self._leases_ready():
+            return
         try:
             await catalog.sync_files()
             desired = await catalog.load()
@@ -192,13 +203,23 @@ class Service:
             return
         self.rules_loaded = True
         changed = False
+        leases = self.leases
+        assert leases is not None
         for group_id in [g for g in self.workers if g not in desired]:
             await self._stop_worker(group_id, reason="no enabled rule, or the tenant's flag is off")
+            await leases.release(group_id)
             await self._forget_if_deleted(group_id)
             changed = True
+        self.elsewhere = {}
         for group_id, spec in desired.items():
             current = self.specs.get(group_id)
             if current is not None and current.versions == spec.versions:
+                continue
+            fence = await leases.try_acquire(group_id)
+            if fence is None:
+                # Another node evaluates it; this node tries again at every poll, so it takes
+                # over within rules_poll_s of that node's end.
+                self.elsewhere[group_id] = spec
                 continue
             if group_id in self.workers:
                 await self._stop_worker(group_id, reason="rules changed")
@@ -208,6 +229,7 @@ class Service:
                 spec.rules,
                 self._worker_config,
                 on_restart=self.metrics.record_restart,
+                fence=fence,
             )
             self.workers[group_id] = worker
             self.specs[group_id] = spec
@@ -218,6 +240,30 @@ class Service:
                 await self.store.sweep()  # type: ignore[union-attr]
             except StoreError as error:
                 log.warning("sweep_failed", error=str(error))
+
+    async def _leases_ready(self) -> bool:
+        """Check the lease session; after its loss, abandon every evaluator and reconnect."""
+        leases = self.leases
+        assert leases is not None
+        if await leases.alive():
+            return True
+        if self.workers:
+            log.error(
+                "leases_lost",
+                evaluators=len(self.workers),
+                note="stopping them without a final flush; the node that takes a lease resumes "
+                "from the last checkpoint",
+            )
+            workers = list(self.workers.values())
+            self.workers.clear()
+            self.specs.clear()
+            await asyncio.gather(*(worker.abandon() for worker in workers), return_exceptions=True)
+        try:
+            await leases.open()
+        except StoreError as error:
+            log.warning("lease_session_failed", error=str(error), retry_in_s=self.settings.rules_poll_s)
+            return False
+        return True
 
     async def _forget_if_deleted(self, group_id: GroupId) -> None:
         """Delete the state of a rule group whose rules were all deleted.
@@ -252,6 +298,10 @@ class Service:
             if isinstance(result, BaseException):
                 log.error("evaluator_stop_failed", tenant=tenant, rule_group=rule_group, error=repr(result))
         self.workers.clear()
+        if self.leases is not None:
+            # After the final flushes, so the next node resumes from them.
+            with contextlib.suppress(psycopg.Error):
+                await self.leases.close()
         if self._api_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._api_task, 5.0)
@@ -271,6 +321,8 @@ class Service:
         checks: dict[str, str] = {}
         connected = self.nats is not None and self.nats.is_connected
         checks["jetstream"] = "ok" if connected else "disconnected"
+        if self.leases is not None:
+            checks["leases"] = "ok" if self.leases.connected else "lease session lost"
         if not self.rules_loaded:
             checks["evaluators"] = "rules not loaded yet"
         else:
@@ -296,11 +348,16 @@ class Service:
             elif not worker.started:
                 status, reason = "starting", f"the evaluator is {worker.state.value}"
             return {"status": status, "reason": reason}
+        for spec in self.elsewhere.values():
+            if spec.tenant == tenant and rule_id in {rule.id for rule in spec.rules}:
+                return {"status": "elsewhere", "reason": "evaluated by another node, which holds the rule group's lease"}
         if problem is not None:
             return {"status": "unhealthy", "reason": problem.message}
         return {"status": "inactive", "reason": "not evaluated: the rule is disabled or the tenant's stateful-rules flag is off"}
 
     def refresh_metrics(self) -> None:
+        self.metrics.leases_held.set(len(self.workers))
+        self.metrics.rule_groups_elsewhere.set(len(self.elsewhere))
         for worker in self.workers.values():
             if worker.pipeline is not None:
                 self.metrics.update_from(worker.pipeline)

@@ -20,7 +20,9 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from alertwarden.cluster.leases import Fence
 from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator
+from alertwarden.engine.records import FlushBatch, Transition
 from alertwarden.errors import EventError
 from alertwarden.events import Event, Signal
 from alertwarden.logs import RateLimitedLog, get_logger
@@ -29,7 +31,7 @@ from alertwarden.rules import CompiledRule
 from alertwarden.sinks.base import Sink
 from alertwarden.sources.jetstream import JetStreamInput, JetStreamSettings, OversizedMessage, StreamRecord
 from alertwarden.sources.jsonl import JsonParser, OcsfParser
-from alertwarden.store.base import StateStore
+from alertwarden.store.base import HistoryRecord, StateStore, StoredState
 
 log = get_logger(__name__)
 
@@ -91,6 +93,56 @@ class WorkerConfig:
     wall_clock: Callable[[], float] = time.time
 
 
+class FencedStore:
+    """A PostgreSQL store whose flushes write only while this node holds the lease.
+
+    Transitions are not fenced: their ids are deterministic, so a node that lost the lease adds
+    no second history row, at worst a repeated notification.
+    """
+
+    def __init__(self, store: StateStore, fence: Fence) -> None:
+        self._store = store
+        self._fence = fence
+
+    async def open(self) -> None:
+        await self._store.open()
+
+    async def close(self) -> None:
+        await self._store.close()
+
+    async def load(self, tenant: str, rule_group: str) -> StoredState:
+        return await self._store.load(tenant, rule_group)
+
+    async def record_transitions(self, tenant: str, rule_group: str, transitions: Sequence[Transition]) -> list[int]:
+        return await self._store.record_transitions(tenant, rule_group, transitions)
+
+    async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
+        await self._store.flush(tenant, rule_group, batch, fence=self._fence)  # type: ignore[call-arg]
+
+    async def undelivered(self, tenant: str, rule_group: str) -> list[HistoryRecord]:
+        return await self._store.undelivered(tenant, rule_group)
+
+    async def mark_delivered(self, tenant: str, ids: Sequence[int]) -> None:
+        await self._store.mark_delivered(tenant, ids)
+
+    async def prune_history(self, tenant: str, before_s: float) -> int:
+        return await self._store.prune_history(tenant, before_s)
+
+    async def history(
+        self,
+        tenant: str,
+        *,
+        rule_id: str | None = None,
+        kind: str | None = None,
+        since_s: float | None = None,
+        until_s: float | None = None,
+        limit: int = 1000,
+    ) -> list[HistoryRecord]:
+        return await self._store.history(
+            tenant, rule_id=rule_id, kind=kind, since_s=since_s, until_s=until_s, limit=limit
+        )
+
+
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
     """Cancel `task` and wait until it ends, cancelling again if it goes on.
 
@@ -117,6 +169,7 @@ class RuleGroupWorker:
         config: WorkerConfig,
         *,
         on_restart: Callable[[str, str], None] | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.tenant = tenant
         self.rule_group = rule_group
@@ -132,6 +185,9 @@ class RuleGroupWorker:
         self.health = {rule.id: RuleHealth() for rule in self.rules}
         self.restarts = 0
         self._on_restart = on_restart
+        self.fence = fence
+        """The node's lease of this rule group; every flush checks that it still holds."""
+        self._abandoned = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._skip_log = RateLimitedLog(SKIP_LOG_INTERVAL_S)
@@ -152,6 +208,15 @@ class RuleGroupWorker:
         self._stop.set()
         if self._task is not None:
             await self._task
+
+    async def abandon(self) -> None:
+        """Stop without the final flush, after this node lost the rule group's lease.
+
+        The node that holds the lease now resumes from the last checkpoint written and replays
+        the work done since then (tests/test_serve_leases.py checks the takeover).
+        """
+        self._abandoned = True
+        await self.stop()
 
     # ------------------------------------------------------------ supervision
 
@@ -185,10 +250,11 @@ class RuleGroupWorker:
         config = self.config
         settings = EngineSettings(clock=ClockMode.WALL, max_future_skew_s=config.max_future_skew_s)
         evaluator = Evaluator(self.rules, settings, tenant=self.tenant, rule_group=self.rule_group)
+        store = config.store if self.fence is None else FencedStore(config.store, self.fence)
         return RuleGroupPipeline(
             evaluator,
             self.rules,
-            config.store,
+            store,
             config.sink,
             source=f"jetstream:{config.jetstream.stream}",
             history_retention_s=config.history_retention_s,
@@ -242,6 +308,10 @@ class RuleGroupWorker:
             await asyncio.shield(self._finish(pipeline))
 
     async def _finish(self, pipeline: RuleGroupPipeline) -> None:
+        if self._abandoned:
+            await pipeline.abandon()
+            self._log.warning("evaluator_abandoned", note="lease lost; no final flush")
+            return
         await pipeline.finish(self.applied_offset)
         self._log.info("evaluator_stopped", checkpoint=self.applied_offset)
 

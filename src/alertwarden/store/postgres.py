@@ -37,6 +37,7 @@ from alertwarden.engine.records import (
     GroupStatus,
     Transition,
 )
+from alertwarden.cluster.leases import FENCE_CHECK, Fence, LeaseLostError
 from alertwarden.errors import StoreError
 from alertwarden.store.base import HistoryRecord, StoredState
 from alertwarden.store.checks import (
@@ -463,10 +464,14 @@ class PostgresStore:
                 ids.update(await cursor.fetchall())
         return ids
 
-    async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
+    async def flush(
+        self, tenant: str, rule_group: str, batch: FlushBatch, *, fence: Fence | None = None
+    ) -> None:
         """Upsert the changed groups, delete the forgotten ones and store the checkpoint.
 
         All three happen in one transaction, so a crash leaves this flush or the previous one.
+        With `fence`, the transaction first checks that the lease session still holds the rule
+        group's lock, and raises LeaseLostError, writing nothing, when it does not.
         """
         check_scope(tenant, rule_group)
         groups = _group_params(batch.changed)
@@ -479,6 +484,8 @@ class PostgresStore:
         checkpoint = _checkpoint_params(tenant, rule_group, batch.checkpoint)
 
         async with self._transaction("flush") as conn:
+            if fence is not None:
+                await _check_fence(conn, tenant, rule_group, fence)
             if groups.rows:
                 await conn.execute(
                     _UPSERT_GROUPS, {"tenant": tenant, "rule_group": rule_group, **groups.arrays}
@@ -1094,6 +1101,20 @@ def _translate_decode_errors(tenant: str, rule_group: str | None) -> Iterator[No
             f"stored row of {scope} is invalid: {exc}. The database was changed outside"
             " alertwarden or is damaged. Restore it from a backup"
         ) from exc
+
+
+async def _check_fence(conn: psycopg.AsyncConnection, tenant: str, rule_group: str, fence: Fence) -> None:
+    # NOTE: checked at the start of the transaction, not at commit, so a lease session that ends
+    # in between lets this one flush land. The new holder loaded the previous consistent state
+    # and its next flush replaces these rows, so only a notification may repeat.
+    classid, objid = fence.lock_ids
+    cursor = await conn.execute(FENCE_CHECK, (fence.backend_pid, classid, objid))
+    row = await cursor.fetchone()
+    if row is None or not row[0]:
+        raise LeaseLostError(
+            f"lease of tenant {preview(tenant)}, rule group {preview(rule_group)} is lost: its "
+            "session ended, so another node may evaluate the rule group now; nothing was written"
+        )
 
 
 def _utc_day(at_s: float) -> date:

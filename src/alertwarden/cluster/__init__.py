@@ -1,0 +1,1 @@
+"""Work division between nodes: which node evaluates which tenant + rule group."""

@@ -1,0 +1,168 @@
+"""Leases that give each tenant + rule group to one node: PostgreSQL session advisory locks.
+
+A node holds its leases on one dedicated connection. PostgreSQL releases a session's advisory
+locks when the session ends, so a node that dies (kill -9, a lost network, a PostgreSQL
+restart) frees its rule groups for the other nodes without any expiry to wait for.
+
+A node that loses the connection has lost its leases, but its evaluators may not know it yet.
+Every flush therefore checks, in its own transaction, that the lease session still holds the
+lock (see `Fence`), so a node that lost a lease never moves the rule group's checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from alertwarden.errors import StoreError
+from alertwarden.logs import get_logger
+
+log = get_logger(__name__)
+
+LEASE_CONNECT_TIMEOUT_S = 5
+LEASE_CHECK_TIMEOUT_S = 5.0
+# Server-side TCP keepalive of the lease session: PostgreSQL ends the session of a node it can no
+# longer reach after about 10 + 3 * 5 = 25 s, which frees that node's leases. Without it the
+# operating system's default (often 2 hours) applies. Ignored on Unix-domain sockets.
+SERVER_KEEPALIVE = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tcp_keepalives_count": 3}
+
+GroupId = tuple[str, str]
+
+
+class LeaseLostError(StoreError):
+    """A write rejected because this node no longer holds the rule group's lease."""
+
+
+def lease_key(tenant: str, rule_group: str) -> int:
+    """Return the advisory lock key of a tenant + rule group: a signed 64-bit hash.
+
+    Two groups with the same key (odds about 2**-64 per pair) are only held together by one node.
+    """
+    digest = hashlib.blake2b(f"alertwarden\0{tenant}\0{rule_group}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The lease of one rule group: the key and the server process of the session holding it."""
+
+    key: int
+    backend_pid: int
+
+    @property
+    def lock_ids(self) -> tuple[int, int]:
+        """Return (classid, objid) under which pg_locks lists the lock of a bigint key."""
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
+# pg_locks shows a bigint advisory lock as classid = high 32 bits, objid = low 32 bits and
+# objsubid = 1. The database is compared too, because advisory locks are per database.
+FENCE_CHECK = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND pid = %s
+      AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+)
+"""
+
+
+class LeaseHolder:
+    """The leases of this node, held as session advisory locks on one connection."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: psycopg.AsyncConnection | None = None
+        self.held: dict[GroupId, Fence] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    async def open(self) -> None:
+        """Connect the lease session; raises StoreError when PostgreSQL cannot be reached."""
+        await self.close()
+        try:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, connect_timeout=LEASE_CONNECT_TIMEOUT_S
+            )
+            for name, value in SERVER_KEEPALIVE.items():
+                await self._conn.execute(
+                    sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+                )
+        except psycopg.Error as error:
+            await self.close()
+            raise StoreError(f"PostgreSQL lease connection failed: {type(error).__name__}: {error}") from None
+        log.info("lease_session_opened", backend_pid=self._conn.info.backend_pid)
+
+    async def try_acquire(self, group: GroupId) -> Fence | None:
+        """Take the lease of `group` unless another node holds it; return it, or None."""
+        held = self.held.get(group)
+        if held is not None:
+            return held
+        conn = self._require()
+        key = lease_key(*group)
+        try:
+            cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+            row = await cursor.fetchone()
+        except psycopg.Error as error:
+            await self._lost(error)
+            return None
+        if row is None or not row[0]:
+            return None
+        fence = Fence(key, conn.info.backend_pid)
+        self.held[group] = fence
+        return fence
+
+    async def release(self, group: GroupId) -> None:
+        """Give up the lease of `group`, so another node may take it."""
+        fence = self.held.pop(group, None)
+        if fence is None or not self.connected:
+            return
+        assert self._conn is not None
+        try:
+            await self._conn.execute("SELECT pg_advisory_unlock(%s)", (fence.key,))
+        except psycopg.Error as error:
+            await self._lost(error)
+
+    async def alive(self) -> bool:
+        """Return True while the lease session works; on failure all leases count as lost."""
+        if not self.connected:
+            self.held.clear()
+            return False
+        assert self._conn is not None
+        try:
+            # A server that no longer responds (a network cut) would otherwise block this call
+            # until TCP gives up, and with it every rule change of this node.
+            async with asyncio.timeout(LEASE_CHECK_TIMEOUT_S):
+                await self._conn.execute("SELECT 1")
+        except (psycopg.Error, TimeoutError) as error:
+            await self._lost(error)
+            return False
+        return True
+
+    async def close(self) -> None:
+        """End the lease session, which releases every lease of this node."""
+        conn, self._conn = self._conn, None
+        self.held.clear()
+        if conn is not None and not conn.closed:
+            await conn.close()
+
+    def _require(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            raise StoreError("the lease connection is closed: call open() first")
+        return self._conn
+
+    async def _lost(self, error: Exception) -> None:
+        log.error("lease_session_lost", error=f"{type(error).__name__}: {error}", leases=len(self.held))
+        self.held.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()

@@ -1,0 +1,115 @@
+"""Leases on the real PostgreSQL: one holder per rule group, release on session end, fenced flush."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from alertwarden.cluster.leases import Fence, LeaseHolder, LeaseLostError, lease_key
+from alertwarden.engine.records import Checkpoint, FlushBatch
+from alertwarden.store.postgres import PostgresStore
+
+
+def group() -> tuple[str, str]:
+    return f"t{uuid.uuid4().hex[:10]}", "default"
+
+
+def checkpoint(offset: int) -> Checkpoint:
+    return Checkpoint(source="test", offset=offset, position=2 * offset, now=None, ticked={})
+
+
+def terminate(url: str, backend_pid: int) -> None:
+    """End a server process and wait until it is gone, which is when its locks are released."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+        deadline = time.monotonic() + 10
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend_pid,)).fetchone():
+            assert time.monotonic() < deadline, f"server process {backend_pid} did not end"
+            time.sleep(0.01)
+
+
+def test_lease_key_is_stable_and_signed() -> None:
+    assert lease_key("acme", "default") == lease_key("acme", "default")
+    assert lease_key("acme", "default") != lease_key("acme", "other")
+    assert lease_key("acme", "a.b") != lease_key("acme.a", "b")
+    assert -(2**63) <= lease_key("acme", "default") < 2**63
+
+
+def test_fence_lock_ids_split_the_key() -> None:
+    fence = Fence(key=-1, backend_pid=1)
+    assert fence.lock_ids == (0xFFFF_FFFF, 0xFFFF_FFFF)
+    assert Fence(key=(5 << 32) | 7, backend_pid=1).lock_ids == (5, 7)
+
+
+async def test_lease_one_holder(pg_store_url: str) -> None:
+    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
+    await first.open()
+    await second.open()
+    target = group()
+    try:
+        fence = await first.try_acquire(target)
+        assert fence is not None
+        assert await first.try_acquire(target) == fence
+        assert await second.try_acquire(target) is None
+
+        await first.release(target)
+        assert await second.try_acquire(target) is not None
+        assert await first.try_acquire(target) is None
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_lease_freed_when_session_ends(pg_store_url: str) -> None:
+    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
+    await first.open()
+    await second.open()
+    target = group()
+    try:
+        fence = await first.try_acquire(target)
+        assert fence is not None
+        # What a node's death or a network cut looks like to PostgreSQL.
+        terminate(pg_store_url, fence.backend_pid)
+
+        assert await second.try_acquire(target) is not None
+        assert not await first.alive()
+        assert first.held == {}
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_flush_fenced_by_lease(pg_store_url: str) -> None:
+    store = PostgresStore(pg_store_url)
+    await store.open()
+    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
+    await first.open()
+    await second.open()
+    tenant, rule_group = group()
+    try:
+        old = await first.try_acquire((tenant, rule_group))
+        assert old is not None
+        await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(10)), fence=old)
+
+        terminate(pg_store_url, old.backend_pid)
+        new = await second.try_acquire((tenant, rule_group))
+        assert new is not None
+
+        # The node that lost the lease cannot move the checkpoint; the new holder can.
+        with pytest.raises(LeaseLostError, match="nothing was written"):
+            await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(20)), fence=old)
+        stored = await store.load(tenant, rule_group)
+        assert stored.checkpoint is not None
+        assert stored.checkpoint.offset == 10
+
+        await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(30)), fence=new)
+        stored = await store.load(tenant, rule_group)
+        assert stored.checkpoint is not None
+        assert stored.checkpoint.offset == 30
+    finally:
+        await first.close()
+        await second.close()
+        await store.close()

@@ -1,0 +1,160 @@
+"""Two `serve` nodes on one database: each rule group runs on one node, the other takes over."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import orjson
+import pytest
+
+from serve_fixture import NATS_URL, ServeNames, ServeProcess, WebhookReceiver, delete_stream, start_serve, wait_until
+
+pytestmark = pytest.mark.slow
+
+RULE = {
+    "match": {"field": "kind", "equals": "login_failed"},
+    "group_by": ["host"],
+    "signal": "logs",
+    "threshold": 3,
+    "window": "10m",
+    "bucket": "10s",
+    "cooldown": "1h",
+}
+TENANTS = ("acme", "globex", "initech", "umbrella")
+
+
+@pytest.fixture
+def names() -> Iterator[ServeNames]:
+    created = ServeNames.new()
+    yield created
+    delete_stream(created.stream)
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+def publish(subject: str, hosts: list[str], prefix: str) -> None:
+    async def send() -> None:
+        client = await nats.connect(NATS_URL)
+        try:
+            js = client.jetstream()
+            for index, host in enumerate(hosts):
+                event = {
+                    "time": datetime.now(UTC).isoformat(),
+                    "id": f"{prefix}-{index}",
+                    "kind": "login_failed",
+                    "host": host,
+                }
+                await js.publish(subject, orjson.dumps(event), headers={"Nats-Msg-Id": event["id"]})
+        finally:
+            await client.close()
+
+    asyncio.run(send())
+
+
+def statuses(node: ServeProcess, tenant: str) -> str:
+    response = httpx.get(
+        f"{node.base_url}/v1/tenants/{tenant}/rules/logins",
+        headers={"Authorization": f"Bearer {node.env['ALERTWARDEN_ADMIN_TOKEN']}"},
+        timeout=5,
+    )
+    return str(response.json()["health"]["status"])
+
+
+def owners(nodes: list[ServeProcess]) -> dict[str, list[int]]:
+    """Return, per tenant, the indexes of the nodes that evaluate its rule group."""
+    return {
+        tenant: [index for index, node in enumerate(nodes) if statuses(node, tenant) == "healthy"]
+        for tenant in TENANTS
+    }
+
+
+def history(node: ServeProcess, tenant: str) -> list[tuple[str, str, int]]:
+    response = httpx.get(
+        f"{node.base_url}/v1/tenants/{tenant}/history",
+        headers={"Authorization": f"Bearer {node.env['ALERTWARDEN_ADMIN_TOKEN']}"},
+        timeout=5,
+    )
+    return [(item["kind"], item["group"]["host"], item["count"]) for item in response.json()["items"]]
+
+
+def test_serve_two_nodes_share_and_take_over(
+    tmp_path: Path, pg_url: str, names: ServeNames, webhook: WebhookReceiver
+) -> None:
+    nodes = [
+        start_serve(tmp_path, pg_url, names, name=f"node{index}", ALERTWARDEN_WEBHOOK_URLS=webhook.url)
+        for index in range(2)
+    ]
+    try:
+        admin = nodes[0].client()
+        for tenant in TENANTS:
+            assert admin.put(f"/v1/tenants/{tenant}").status_code in (200, 201)
+            assert admin.put(f"/v1/tenants/{tenant}/rules/logins", json=RULE).status_code == 200
+            flag = admin.put(f"/v1/tenants/{tenant}/features/stateful-rules", json={"enabled": True})
+            assert flag.status_code == 200
+
+        def settled() -> dict[str, list[int]] | None:
+            found = owners(nodes)
+            return found if all(len(found[tenant]) == 1 for tenant in TENANTS) else None
+
+        first = wait_until(settled, 30, "one node per rule group")
+        for tenant in TENANTS:
+            other = 1 - first[tenant][0]
+            assert statuses(nodes[other], tenant) == "elsewhere"
+
+        for tenant in TENANTS:
+            publish(names.logs_subject_of(tenant), ["db-01"] * 3, f"{tenant}-a")
+        wait_until(lambda: len(webhook.bodies()) >= len(TENANTS), 30, "one alert per tenant")
+        time.sleep(2)
+        # Both nodes read the stream, but each alert was evaluated and sent once.
+        assert len(webhook.bodies()) == len(TENANTS)
+
+        # kill -9: PostgreSQL ends the node's session, which frees its leases.
+        nodes[0].kill()
+        wait_until(
+            lambda: all(statuses(nodes[1], tenant) == "healthy" for tenant in TENANTS),
+            30,
+            "node1 to take over every rule group",
+        )
+        for tenant in TENANTS:
+            publish(names.logs_subject_of(tenant), ["db-02"] * 3, f"{tenant}-b")
+        wait_until(lambda: len(webhook.bodies()) >= 2 * len(TENANTS), 30, "the second alerts")
+        time.sleep(2)
+
+        for tenant in TENANTS:
+            # Taken over at the checkpoint: db-01 is not counted again, so it does not fire again.
+            assert history(nodes[1], tenant) == [("fired", "db-01", 3), ("fired", "db-02", 3)]
+        # A rule group taken over from the killed node may send its last alert again.
+        kinds = sorted((body["tenant"], body["group"]["host"]) for body in webhook.bodies())
+        assert set(kinds) == {(tenant, host) for tenant in TENANTS for host in ("db-01", "db-02")}
+        assert len(kinds) <= 3 * len(TENANTS)
+        assert nodes[1].terminate() == 0
+    finally:
+        for node in nodes:
+            node.close_clients()
+            if node.process is not None and node.process.poll() is None:
+                node.kill()
+
+
+def test_readyz_reports_leases(tmp_path: Path, pg_url: str, names: ServeNames) -> None:
+    node = start_serve(tmp_path, pg_url, names)
+    try:
+        body = httpx.get(node.base_url + "/readyz", timeout=5).json()
+        assert body["checks"]["leases"] == "ok"
+        metrics = node.client().get("/metrics").text
+        assert "alertwarden_leases_held 0.0" in metrics
+    finally:
+        node.close_clients()
+        node.kill()
