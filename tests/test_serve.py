@@ -508,3 +508,21 @@ def test_serve_deleted_rule_group_state_removed(
     wait_until(lambda: '"event":"rule_group_state_deleted"' in serve.log_path.read_text(), 15, "the state deletion")
     # A rule group created again starts one window back, not from the old checkpoint.
     assert stored_rows() == (0, 0)
+
+
+def test_serve_counts_unknown_tenant_messages(
+    serve_factory: Callable[..., ServeProcess], names: ServeNames
+) -> None:
+    serve = serve_factory()
+    admin = serve.client()
+    create_tenant(admin, "acme")
+    wait_until(lambda: rule_status(admin, "acme") == "healthy", 15, "the evaluator")
+
+    publish(names.logs_subject_of("ghost"), [login_failed(f"g{i}", "db-01") for i in range(3)])
+    publish(names.logs_subject_of("acme"), [login_failed(f"a{i}", "db-01") for i in range(2)])
+    sample = 'alertwarden_unknown_tenant_messages_total{tenant="ghost"} 3.0'
+    wait_until(lambda: sample in admin.get("/metrics").text, 20, "the unknown tenant's count")
+
+    metrics = admin.get("/metrics").text
+    assert 'alertwarden_unknown_tenant_messages_total{tenant="acme"}' not in metrics
+    assert '"event":"unknown_tenant_messages"' in serve.log_path.read_text()

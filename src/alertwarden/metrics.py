@@ -87,6 +87,13 @@ class Metrics:
             ["tenant", "rule_group"],
             registry=registry,
         )
+        self.unknown_tenant_messages = Counter(
+            "alertwarden_unknown_tenant_messages",
+            "Messages stored on the subjects of a tenant that does not exist, which no evaluator"
+            " reads. Tenant ids after the first 100 are counted as _other.",
+            ["tenant"],
+            registry=registry,
+        )
         self.leases_held = Gauge(
             "alertwarden_leases_held",
             "Rule groups this node holds the lease of and evaluates.",

@@ -31,9 +31,10 @@ from nats.js import JetStreamContext
 from alertwarden.api.app import MIN_ADMIN_TOKEN_CHARS, create_app
 from alertwarden.cluster.leases import LeaseHolder
 from alertwarden.errors import ConfigError, StoreError
-from alertwarden.logs import get_logger
+from alertwarden.logs import RateLimitedLog, get_logger
 from alertwarden.metrics import Metrics
 from alertwarden.service.catalog import GroupId, GroupSpec, RuleCatalog
+from alertwarden.service.unknown import MAX_UNKNOWN_TENANTS, UnknownTenantCounter
 from alertwarden.service.worker import RuleGroupWorker, WorkerConfig
 from alertwarden.settings import Settings
 from alertwarden.sinks.base import Sink
@@ -48,6 +49,7 @@ log = get_logger(__name__)
 NATS_CONNECT_TIMEOUT_S = 5.0
 NATS_FIRST_CONNECT_TIMEOUT_S = 10.0
 METRICS_INTERVAL_S = 5.0
+UNKNOWN_TENANT_LOG_INTERVAL_S = 60.0
 
 
 class DiscardSink:
@@ -87,6 +89,8 @@ class Service:
         self.workers: dict[GroupId, RuleGroupWorker] = {}
         self.specs: dict[GroupId, GroupSpec] = {}
         self.leases: LeaseHolder | None = None
+        self.unknown_tenants = UnknownTenantCounter(self.jetstream)
+        self._unknown_log = RateLimitedLog(UNKNOWN_TENANT_LOG_INTERVAL_S, max_keys=MAX_UNKNOWN_TENANTS + 1)
         self.elsewhere: dict[GroupId, GroupSpec] = {}
         """Active rule groups whose lease another node holds."""
         self.rules_loaded = False
@@ -174,6 +178,7 @@ class Service:
                 raise ConfigError("the API server stopped unexpectedly")
             await self._reconcile()
             if time.monotonic() >= next_metrics:
+                await self._count_unknown_tenants()
                 self.refresh_metrics()
                 next_metrics = time.monotonic() + METRICS_INTERVAL_S
             self._wake.clear()
@@ -240,6 +245,31 @@ class Service:
                 await self.store.sweep()  # type: ignore[union-attr]
             except StoreError as error:
                 log.warning("sweep_failed", error=str(error))
+
+    async def _count_unknown_tenants(self) -> None:
+        """Count and log the messages stored for tenants that do not exist."""
+        if self.nats is None or self.store is None or not self.nats.is_connected:
+            return
+        try:
+            # NOTE: nats-server returns at most 100,000 subjects (JSMaxSubjectDetails) and nats-py
+            # cannot ask for the next page, so a stream with more subjects is counted in part.
+            info = await self.nats.jetstream().stream_info(self.jetstream.stream, subjects_filter=">")
+            known = await self.store.tenant_ids()
+        except (TimeoutError, nats.errors.Error, StoreError) as error:
+            log.warning("unknown_tenant_count_failed", error=_describe_error(error))
+            return
+        added = self.unknown_tenants.update(info.state.subjects or {}, known)
+        now = time.monotonic()
+        for tenant, count in added.items():
+            self.metrics.unknown_tenant_messages.labels(tenant).inc(count)
+            if self._unknown_log.should_log(tenant, now):
+                log.warning(
+                    "unknown_tenant_messages",
+                    tenant=tenant,
+                    count=count,
+                    suppressed=self._unknown_log.take_suppressed(tenant),
+                    note="no evaluator reads them; create the tenant or fix the publisher's subject",
+                )
 
     async def _leases_ready(self) -> bool:
         """Check the lease session; after its loss, abandon every evaluator and reconnect."""

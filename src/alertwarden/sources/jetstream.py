@@ -164,6 +164,17 @@ def tenant_subjects(settings: JetStreamSettings, tenant: str) -> tuple[str, str]
     )
 
 
+def tenant_of_subject(settings: JetStreamSettings, subject: str) -> str | None:
+    """Return the tenant token of a concrete subject that one of the patterns matches, or None."""
+    for signal in (Signal.LOGS, Signal.EVENTS):
+        tokens = settings.pattern(signal).split(".")
+        index = tokens.index(TENANT_PLACEHOLDER)
+        tokens[index] = "*"
+        if subject_matches(".".join(tokens), subject):
+            return subject.split(".")[index]
+    return None
+
+
 def subject_matches(pattern: str, subject: str) -> bool:
     """Return True when the concrete `subject` matches `pattern` with NATS wildcards.
 

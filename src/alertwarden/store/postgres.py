@@ -809,6 +809,13 @@ class PostgresStore:
             )
             return cursor.rowcount == 1
 
+    async def tenant_ids(self) -> set[str]:
+        """Return the ids of every tenant."""
+        async with self._connection("tenant_ids") as conn:
+            cursor = await conn.execute("SELECT tenant_id FROM tenants")
+            rows = await cursor.fetchall()
+        return {str(row[0]) for row in rows}
+
     async def tenant_flag(self, tenant: str) -> bool | None:
         """Return the tenant's stateful_rules flag, or None when the tenant does not exist."""
         check_text("tenant", tenant)
