@@ -1,6 +1,7 @@
 """A real `alertwarden serve` process for tests, with its own database, stream, subjects and port.
 
-Also a webhook receiver on loopback that records every JSON body it is sent.
+Also a webhook receiver on loopback that records every JSON body it is sent. conftest.py loads
+this module as a plugin, so the `names` and `webhook` fixtures are available to every test.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -209,3 +210,20 @@ def start_serve(
     serve.wait_ready()
     return serve
 
+
+
+@pytest.fixture
+def names() -> Iterator[ServeNames]:
+    """Unique stream and subject names; the stream is deleted after the test."""
+    created = ServeNames.new()
+    yield created
+    delete_stream(created.stream)
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    """A running webhook receiver on loopback."""
+    receiver = WebhookReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()

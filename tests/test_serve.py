@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -20,7 +22,8 @@ from serve_fixture import (
     ServeNames,
     ServeProcess,
     WebhookReceiver,
-    delete_stream,
+    free_port,
+    serve_env,
     start_serve,
     wait_until,
 )
@@ -60,21 +63,6 @@ async def _publish(subject: str, events: list[dict[str, Any]]) -> None:
 
 def publish(subject: str, events: list[dict[str, Any]]) -> None:
     asyncio.run(_publish(subject, events))
-
-
-@pytest.fixture
-def names() -> Iterator[ServeNames]:
-    created = ServeNames.new()
-    yield created
-    delete_stream(created.stream)
-
-
-@pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    receiver.start()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture
@@ -243,16 +231,16 @@ def test_serve_bad_records_skipped(serve_factory: Callable[..., ServeProcess], n
     assert counts == {"malformed": 1.0, "bad_timestamp": 1.0, "not_an_object": 1.0}
 
 
-def test_serve_unreachable_nats(tmp_path: Path, pg_url: str, names: ServeNames) -> None:
-    import subprocess
-    import sys
-
-    from serve_fixture import free_port, serve_env
-
-    env = serve_env(pg_url, names, free_port(), ALERTWARDEN_NATS_URL="nats://127.0.0.1:1")
-    result = subprocess.run(
+def run_serve_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run `serve` until it exits, as a start that fails does."""
+    return subprocess.run(
         [sys.executable, "-m", "alertwarden", "serve"], env=env, capture_output=True, text=True, timeout=60
     )
+
+
+def test_serve_unreachable_nats(tmp_path: Path, pg_url: str, names: ServeNames) -> None:
+    env = serve_env(pg_url, names, free_port(), ALERTWARDEN_NATS_URL="nats://127.0.0.1:1")
+    result = run_serve_once(env)
     assert result.returncode == 2
     assert "NATS is not reachable at nats://127.0.0.1:1" in result.stderr
     # The cause of the last attempt, not the timeout that ended the wait.
@@ -261,30 +249,16 @@ def test_serve_unreachable_nats(tmp_path: Path, pg_url: str, names: ServeNames) 
 
 
 def test_serve_unreachable_postgres(tmp_path: Path, names: ServeNames) -> None:
-    import subprocess
-    import sys
-
-    from serve_fixture import free_port, serve_env
-
     env = serve_env("postgresql://postgres@127.0.0.1:1/none", names, free_port())
-    result = subprocess.run(
-        [sys.executable, "-m", "alertwarden", "serve"], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = run_serve_once(env)
     assert result.returncode == 2
     assert "PostgreSQL is not reachable" in result.stderr
     assert "ALERTWARDEN_DATABASE_URL" in result.stderr
 
 
 def test_serve_malformed_database_url(tmp_path: Path, names: ServeNames) -> None:
-    import subprocess
-    import sys
-
-    from serve_fixture import free_port, serve_env
-
     env = serve_env("postgresql//postgres:S3cretPW@127.0.0.1:5432/x", names, free_port())
-    result = subprocess.run(
-        [sys.executable, "-m", "alertwarden", "serve"], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = run_serve_once(env)
     assert result.returncode == 2
     assert "invalid ALERTWARDEN_DATABASE_URL" in result.stderr
     assert "Traceback" not in result.stderr

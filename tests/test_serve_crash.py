@@ -22,7 +22,7 @@ import orjson
 import psycopg
 import pytest
 
-from serve_fixture import NATS_URL, ServeNames, ServeProcess, WebhookReceiver, delete_stream, start_serve, wait_until
+from serve_fixture import NATS_URL, ServeNames, ServeProcess, WebhookReceiver, start_serve, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -107,13 +107,6 @@ def all_recovered(database_url: str) -> bool:
     with psycopg.connect(database_url) as conn:
         firing = conn.execute("SELECT count(*) FROM rule_state WHERE status = 'firing'").fetchone()
     return firing is not None and firing[0] == 0
-
-
-@pytest.fixture
-def names() -> Iterator[ServeNames]:
-    created = ServeNames.new()
-    yield created
-    delete_stream(created.stream)
 
 
 @pytest.fixture

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import nats
 import orjson
 import pytest
 
-from serve_fixture import NATS_URL, ServeNames, ServeProcess, WebhookReceiver, delete_stream, start_serve, wait_until
+from serve_fixture import NATS_URL, ServeNames, ServeProcess, WebhookReceiver, start_serve, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +26,6 @@ RULE = {
     "cooldown": "1h",
 }
 TENANTS = ("acme", "globex", "initech", "umbrella")
-
-
-@pytest.fixture
-def names() -> Iterator[ServeNames]:
-    created = ServeNames.new()
-    yield created
-    delete_stream(created.stream)
-
-
-@pytest.fixture
-def webhook() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    receiver.start()
-    yield receiver
-    receiver.stop()
 
 
 def publish(subject: str, hosts: list[str], prefix: str) -> None:
