@@ -98,6 +98,7 @@ class Service:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._signals = 0
+        self._nats_closing = False
         self._api_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -339,6 +340,7 @@ class Service:
             await sink.close()
         if self.nats is not None:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
+                self._nats_closing = True
                 await self.nats.close()
         if self.store is not None:
             await self.store.close()
@@ -461,7 +463,7 @@ class Service:
                     max_reconnect_attempts=-1,
                     allow_reconnect=True,
                     error_cb=record_error,
-                    disconnected_cb=_nats_disconnected,
+                    disconnected_cb=self._nats_disconnected,
                     reconnected_cb=_nats_reconnected,
                 ),
                 timeout=NATS_FIRST_CONNECT_TIMEOUT_S,
@@ -473,6 +475,13 @@ class Service:
                 "nats-server with JetStream (-js), or set ALERTWARDEN_NATS_URL to its address"
             ) from None
         return client
+
+    async def _nats_disconnected(self) -> None:
+        # The client's own close at the stop also reports a disconnect, which is no problem.
+        if self._nats_closing:
+            log.info("nats_closed")
+        else:
+            log.warning("nats_disconnected")
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         try:
@@ -612,8 +621,6 @@ async def _nats_error(error: Exception) -> None:
     log.warning("nats_error", error=repr(error))
 
 
-async def _nats_disconnected() -> None:
-    log.warning("nats_disconnected")
 
 
 async def _nats_reconnected() -> None:
