@@ -11,6 +11,7 @@ import pytest
 from alertwarden.cluster.leases import Fence, LeaseHolder, LeaseLostError, lease_key
 from alertwarden.engine.records import Checkpoint, FlushBatch
 from alertwarden.store.postgres import PostgresStore
+from test_store_postgres import transition
 
 
 def group() -> tuple[str, str]:
@@ -113,3 +114,55 @@ async def test_flush_fenced_by_lease(pg_store_url: str) -> None:
         await first.close()
         await second.close()
         await store.close()
+
+
+async def test_transitions_fenced_by_lease(pg_store_url: str) -> None:
+    store = PostgresStore(pg_store_url)
+    await store.open()
+    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
+    await first.open()
+    await second.open()
+    tenant, rule_group = group()
+    try:
+        old = await first.try_acquire((tenant, rule_group))
+        assert old is not None
+        ids = await store.record_transitions(tenant, rule_group, [transition(at=1_700_000_000.0)], fence=old)
+        assert len(ids) == 1
+
+        terminate(pg_store_url, old.backend_pid)
+        new = await second.try_acquire((tenant, rule_group))
+        assert new is not None
+
+        late = transition(at=1_700_000_060.0, position=9)
+        with pytest.raises(LeaseLostError, match="nothing was written"):
+            await store.record_transitions(tenant, rule_group, [late], fence=old)
+        assert [record.id for record in await store.history(tenant)] == ids
+        assert (await store.load(tenant, rule_group)).groups["r1"][0].position == 7
+
+        # The holder writes; a store used without leases is not fenced at all.
+        assert len(await store.record_transitions(tenant, rule_group, [late], fence=new)) == 1
+        unfenced = transition(at=1_700_000_120.0, position=11)
+        assert len(await store.record_transitions(tenant, rule_group, [unfenced])) == 1
+        assert len(await store.history(tenant)) == 3
+    finally:
+        await first.close()
+        await second.close()
+        await store.close()
+
+
+async def test_acquire_after_lost_session_returns_none(pg_store_url: str) -> None:
+    holder = LeaseHolder(pg_store_url)
+    await holder.open()
+    try:
+        assert await holder.try_acquire(group()) is not None
+        backend_pid = next(iter(holder.held.values())).backend_pid
+        terminate(pg_store_url, backend_pid)
+        # The first call finds the session gone; later calls in the same round must not raise.
+        assert await holder.try_acquire(group()) is None
+        assert await holder.try_acquire(group()) is None
+        assert not holder.connected
+
+        await holder.open()
+        assert await holder.try_acquire(group()) is not None
+    finally:
+        await holder.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from alertwarden.cluster.leases import LeaseLostError
 from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator
 from alertwarden.engine.records import FlushBatch, Transition
 from alertwarden.errors import SinkError, StoreError
@@ -596,3 +597,36 @@ async def test_deferred_replay_after_kill(tmp_path: Path) -> None:
     assert set(n.transition_id for n in sink.sent) == set(reference_ids)
     assert await store.undelivered("default", "default") == []
     await store.close()
+
+
+class LeaseLosingStore(CallLog):
+    """A store whose lease is lost: every write of transitions or flush raises LeaseLostError."""
+
+    async def record_transitions(
+        self, tenant: str, rule_group: str, transitions: Sequence[Transition]
+    ) -> list[int]:
+        raise LeaseLostError("lease lost (simulated)")
+
+    async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
+        raise LeaseLostError("lease lost (simulated)")
+
+
+async def test_lost_lease_stops_before_sending(tmp_path: Path) -> None:
+    rules = load_rules_text(RULES)
+    inner = SQLiteStore(tmp_path / "lease.sqlite")
+    await inner.open()
+    sink = CollectingSink()
+    pipeline = deferring_pipeline(rules, LeaseLosingStore(inner), sink)
+    await pipeline.start(no_resume)
+    burst = [e for e in events() if e.fields["host"] == "web-1"][:3]
+    for offset, event in enumerate(burst):
+        await pipeline.process(event, offset)
+
+    # Unlike an outage, a lost lease is not ridden out: the node holding it now sends the alert.
+    with pytest.raises(LeaseLostError):
+        await pipeline.emit_deferred()
+    assert sink.sent == []
+    with pytest.raises(LeaseLostError):
+        await pipeline.flush(len(burst), force=True)
+    assert (await inner.load("default", "default")).checkpoint is None
+    await inner.close()

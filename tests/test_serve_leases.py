@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import nats
 import orjson
+import psycopg
 import pytest
 
 from serve_fixture import NATS_URL, ServeNames, ServeProcess, WebhookReceiver, start_serve, wait_until
@@ -141,3 +142,44 @@ def test_readyz_reports_leases(tmp_path: Path, pg_url: str, names: ServeNames) -
     finally:
         node.close_clients()
         node.kill()
+
+
+def lease_backend_pids(node: ServeProcess) -> list[int]:
+    return [
+        int(line["backend_pid"])
+        for line in map(orjson.loads, node.log_path.read_text().splitlines())
+        if line.get("event") == "lease_session_opened"
+    ]
+
+
+def test_serve_lease_session_lost(tmp_path: Path, pg_url: str, names: ServeNames, webhook: WebhookReceiver) -> None:
+    node = start_serve(tmp_path, pg_url, names, ALERTWARDEN_WEBHOOK_URLS=webhook.url)
+    try:
+        admin = node.client()
+        assert admin.put("/v1/tenants/acme").status_code in (200, 201)
+        assert admin.put("/v1/tenants/acme/rules/logins", json=RULE).status_code == 200
+        assert admin.put("/v1/tenants/acme/features/stateful-rules", json={"enabled": True}).status_code == 200
+        wait_until(lambda: statuses(node, "acme") == "healthy", 20, "the evaluator")
+        publish(names.logs_subject_of("acme"), ["db-01"] * 2, "a")
+
+        # As PostgreSQL does when it loses the node: the session ends, and its locks with it.
+        [backend_pid] = lease_backend_pids(node)
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+        wait_until(lambda: len(lease_backend_pids(node)) == 2, 20, "a new lease session")
+        wait_until(lambda: statuses(node, "acme") == "healthy", 20, "the evaluator to start again")
+        log_text = node.log_path.read_text()
+        assert '"event":"leases_lost"' in log_text or '"event":"evaluator_lease_lost"' in log_text
+
+        # The abandoned evaluator wrote no final flush, so its replacement counts the two events
+        # again from the last checkpoint; one more makes the alert, once.
+        publish(names.logs_subject_of("acme"), ["db-01"], "b")
+        wait_until(lambda: webhook.bodies(), 20, "the alert")
+        time.sleep(1)
+        assert [(body["kind"], body["count"]) for body in webhook.bodies()] == [("fired", 3)]
+        assert history(node, "acme") == [("fired", "db-01", 3)]
+        assert node.terminate() == 0
+    finally:
+        node.close_clients()
+        if node.process is not None and node.process.poll() is None:
+            node.kill()

@@ -24,6 +24,7 @@ from typing import Any
 
 from alertwarden.engine.evaluator import ClockMode, Evaluator, RestoreReport
 from alertwarden.engine.records import FlushBatch, Transition, format_time
+from alertwarden.cluster.leases import LeaseLostError
 from alertwarden.errors import OutputClosedError, SinkError, StoreError
 from alertwarden.events import Event
 from alertwarden.logs import RateLimitedLog, get_logger
@@ -257,6 +258,9 @@ class RuleGroupPipeline:
             await self.store.flush(
                 self.tenant, self.rule_group, FlushBatch(changed, forgotten, checkpoint)
             )
+        except LeaseLostError:
+            # Not an outage to ride out: another node evaluates the rule group now.
+            raise
         except StoreError as exc:
             self.evaluator.requeue(changed, forgotten)
             self._store_failed("flush", exc)
@@ -348,6 +352,8 @@ class RuleGroupPipeline:
             delivered = [i for i, (_, sent) in zip(ids, self._unstored) if sent]
             if delivered:
                 await self.store.mark_delivered(self.tenant, delivered)
+        except LeaseLostError:
+            raise
         except StoreError as exc:
             self._store_failed("record_transitions", exc)
             return False
@@ -397,6 +403,9 @@ class RuleGroupPipeline:
             return None
         try:
             ids = await self.store.record_transitions(self.tenant, self.rule_group, transitions)
+        except LeaseLostError:
+            # Sending them would repeat the alerts of the node that holds the lease now.
+            raise
         except StoreError as exc:
             self._store_failed("record_transitions", exc)
             return None

@@ -63,14 +63,21 @@ class Fence:
 
 # pg_locks shows a bigint advisory lock as classid = high 32 bits, objid = low 32 bits and
 # objsubid = 1. The database is compared too, because advisory locks are per database.
-FENCE_CHECK = """
-SELECT EXISTS (
+FENCE_HELD = """EXISTS (
     SELECT 1 FROM pg_locks
-    WHERE locktype = 'advisory' AND granted AND pid = %s
-      AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1
+    WHERE locktype = 'advisory' AND granted AND pid = %(fence_pid)s
+      AND classid::bigint = %(fence_classid)s AND objid::bigint = %(fence_objid)s AND objsubid = 1
       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-)
-"""
+)"""
+"""SQL condition, true while the fence's session holds its lock; parameters from fence_params()."""
+
+
+def fence_params(fence: Fence | None) -> dict[str, int | None]:
+    """Return the parameters of FENCE_HELD; all None without a fence."""
+    if fence is None:
+        return {"fence_pid": None, "fence_classid": None, "fence_objid": None}
+    classid, objid = fence.lock_ids
+    return {"fence_pid": fence.backend_pid, "fence_classid": classid, "fence_objid": objid}
 
 
 class LeaseHolder:
@@ -106,6 +113,9 @@ class LeaseHolder:
         held = self.held.get(group)
         if held is not None:
             return held
+        if not self.connected:
+            # The session was lost earlier in this round; the next alive() opens a new one.
+            return None
         conn = self._require()
         key = lease_key(*group)
         try:
@@ -119,6 +129,10 @@ class LeaseHolder:
         fence = Fence(key, conn.info.backend_pid)
         self.held[group] = fence
         return fence
+
+    def forget(self, group: GroupId) -> None:
+        """Drop a lease that a flush found lost, without unlocking: this session may not hold it."""
+        self.held.pop(group, None)
 
     async def release(self, group: GroupId) -> None:
         """Give up the lease of `group`, so another node may take it."""

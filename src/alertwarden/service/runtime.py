@@ -211,6 +211,11 @@ class Service:
         changed = False
         leases = self.leases
         assert leases is not None
+        for group_id in [g for g, worker in self.workers.items() if worker.lease_lost]:
+            # The worker ended at a write that found the lease lost; try to take it again.
+            self.workers.pop(group_id)
+            self.specs.pop(group_id, None)
+            leases.forget(group_id)
         for group_id in [g for g in self.workers if g not in desired]:
             await self._stop_worker(group_id, reason="no enabled rule, or the tenant's flag is off")
             await leases.release(group_id)
@@ -236,6 +241,7 @@ class Service:
                 self._worker_config,
                 on_restart=self.metrics.record_restart,
                 fence=fence,
+                on_lease_lost=self.rules_changed,
             )
             self.workers[group_id] = worker
             self.specs[group_id] = spec

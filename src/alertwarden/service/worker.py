@@ -20,7 +20,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from alertwarden.cluster.leases import Fence
+from alertwarden.cluster.leases import Fence, LeaseLostError
 from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator
 from alertwarden.engine.records import FlushBatch, Transition
 from alertwarden.errors import EventError
@@ -94,10 +94,10 @@ class WorkerConfig:
 
 
 class FencedStore:
-    """A PostgreSQL store whose flushes write only while this node holds the lease.
+    """A PostgreSQL store that writes flushes and transitions only while this node holds the lease.
 
-    Transitions are not fenced: their ids are deterministic, so a node that lost the lease adds
-    no second history row, at worst a repeated notification.
+    A write without the lease raises LeaseLostError, which stops the worker before it sends the
+    transitions, so the node that lost the lease sends no alert of the rule group any more.
     """
 
     def __init__(self, store: StateStore, fence: Fence) -> None:
@@ -114,7 +114,9 @@ class FencedStore:
         return await self._store.load(tenant, rule_group)
 
     async def record_transitions(self, tenant: str, rule_group: str, transitions: Sequence[Transition]) -> list[int]:
-        return await self._store.record_transitions(tenant, rule_group, transitions)
+        return await self._store.record_transitions(  # type: ignore[call-arg]
+            tenant, rule_group, transitions, fence=self._fence
+        )
 
     async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
         await self._store.flush(tenant, rule_group, batch, fence=self._fence)  # type: ignore[call-arg]
@@ -170,6 +172,7 @@ class RuleGroupWorker:
         *,
         on_restart: Callable[[str, str], None] | None = None,
         fence: Fence | None = None,
+        on_lease_lost: Callable[[], None] | None = None,
     ) -> None:
         self.tenant = tenant
         self.rule_group = rule_group
@@ -186,7 +189,10 @@ class RuleGroupWorker:
         self.restarts = 0
         self._on_restart = on_restart
         self.fence = fence
-        """The node's lease of this rule group; every flush checks that it still holds."""
+        """The node's lease of this rule group; every write checks that it still holds."""
+        self.lease_lost = False
+        """True after a write found the lease lost; the worker then ended without a final flush."""
+        self._on_lease_lost = on_lease_lost
         self._abandoned = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -228,6 +234,15 @@ class RuleGroupWorker:
                 return
             except asyncio.CancelledError:
                 raise
+            except LeaseLostError as error:
+                # A restart would only fail again: the service takes the lease anew or leaves
+                # the rule group to the node that holds it.
+                self.state = WorkerState.FAILED
+                self.lease_lost = True
+                self._log.warning("evaluator_lease_lost", error=str(error))
+                if self._on_lease_lost is not None:
+                    self._on_lease_lost()
+                return
             except Exception as error:  # noqa: BLE001 - a failed evaluator must not stop the others
                 self.state = WorkerState.FAILED
                 self.restarts += 1
@@ -302,6 +317,10 @@ class RuleGroupWorker:
             self.state = WorkerState.RUNNING
             self._log.info("evaluator_started", start_sequence=first, rules=len(self.rules))
             await self._consume(source, pipeline)
+        except LeaseLostError:
+            # Set before the finish below, which then writes nothing.
+            self._abandoned = True
+            raise
         finally:
             await source.close()
             # The last checkpoint must be written even when the stop cancels this task.

@@ -37,7 +37,7 @@ from alertwarden.engine.records import (
     GroupStatus,
     Transition,
 )
-from alertwarden.cluster.leases import FENCE_CHECK, Fence, LeaseLostError
+from alertwarden.cluster.leases import FENCE_HELD, Fence, LeaseLostError, fence_params
 from alertwarden.errors import StoreError
 from alertwarden.store.base import HistoryRecord, StoredState
 from alertwarden.store.checks import (
@@ -138,9 +138,15 @@ _HISTORY_ARRAYS = ("at_s", "rule_id", "group_key", "kind", "count", "transition_
 # The history rows and their groups' state in one statement, so in one implicit transaction,
 # which saves BEGIN and COMMIT round trips per transition. The history arrays are renamed
 # with an h_ prefix because rule_id and group_key also name the arrays of _UPSERT_GROUPS.
+# With a fence (fence_pid not NULL) both inserts write only while the lease is held, and the
+# result row whose transition_id is NULL carries that condition.
+_FENCED = "\nWHERE (SELECT held FROM fence)\nON CONFLICT "
 _RECORD_TRANSITIONS: LiteralString = (
-    "WITH inserted AS ("
-    + _INSERT_HISTORY.replace("%(at_s)s", "%(h_at_s)s")
+    "WITH fence AS (SELECT CASE WHEN %(fence_pid)s::integer IS NULL THEN true ELSE "
+    + FENCE_HELD
+    + " END AS held), inserted AS ("
+    + _INSERT_HISTORY.replace("\nON CONFLICT ", _FENCED)
+    .replace("%(at_s)s", "%(h_at_s)s")
     .replace("%(rule_id)s", "%(h_rule_id)s")
     .replace("%(group_key)s", "%(h_group_key)s")
     .replace("%(kind)s", "%(h_kind)s")
@@ -148,8 +154,9 @@ _RECORD_TRANSITIONS: LiteralString = (
     .replace("%(transition_id)s", "%(h_transition_id)s")
     .replace("%(details)s", "%(h_details)s")
     + "), upserted AS ("
-    + _UPSERT_GROUPS
-    + ") SELECT transition_id, id FROM inserted"
+    + _UPSERT_GROUPS.replace("\nON CONFLICT ", _FENCED)
+    + ") SELECT NULL::text, NULL::bigint, (SELECT held FROM fence)"
+    " UNION ALL SELECT transition_id, id, NULL FROM inserted"
 )
 
 # The day of a row is computed in SQL from the same to_timestamp() as the insert, so a time that
@@ -416,12 +423,18 @@ class PostgresStore:
         return state
 
     async def record_transitions(
-        self, tenant: str, rule_group: str, transitions: Sequence[Transition]
+        self,
+        tenant: str,
+        rule_group: str,
+        transitions: Sequence[Transition],
+        *,
+        fence: Fence | None = None,
     ) -> list[int]:
         """Insert the history rows and upsert the snapshots of the transitions in one transaction.
 
         Returns the history id of each transition, in order. A transition already recorded keeps
-        its row and returns that row's id, so a retry after a crash is harmless.
+        its row and returns that row's id, so a retry after a crash is harmless. With `fence`,
+        nothing is written and LeaseLostError is raised unless the lease is still held.
         """
         check_scope(tenant, rule_group)
         if not transitions:
@@ -437,23 +450,36 @@ class PostgresStore:
             self._partition_days |= days
 
         try:
-            ids = await self._insert_transitions(tenant, rule_group, history, groups)
+            ids = await self._insert_transitions(tenant, rule_group, history, groups, fence)
+        except LeaseLostError:
+            raise
         except StoreError:
             self._partition_days.clear()
             raise
         return [ids[tid] for tid in history["transition_id"]]
 
     async def _insert_transitions(
-        self, tenant: str, rule_group: str, history: dict[str, Any], groups: _GroupParams
+        self,
+        tenant: str,
+        rule_group: str,
+        history: dict[str, Any],
+        groups: _GroupParams,
+        fence: Fence | None,
     ) -> dict[str, int]:
-        params: dict[str, Any] = {"tenant": tenant, "rule_group": rule_group, **groups.arrays}
+        params: dict[str, Any] = {
+            "tenant": tenant, "rule_group": rule_group, **groups.arrays, **fence_params(fence)
+        }
         for name in _HISTORY_ARRAYS:
             params[f"h_{name}"] = history[name]
         async with self._connection("record_transitions") as conn:
             cursor = await conn.execute(_RECORD_TRANSITIONS, params)
-            ids: dict[str, int] = dict(await cursor.fetchall())
+            rows = await cursor.fetchall()
+            held = next(row[2] for row in rows if row[0] is None)
+            if not held:
+                raise _lease_lost(tenant, rule_group)
+            ids: dict[str, int] = {row[0]: row[1] for row in rows if row[0] is not None}
             # A transition recorded before a restart keeps its row, and the insert returns no id
-            # for it. A separate query also sees rows that another writer committed meanwhile.
+            # for it. A separate query also reads rows that another writer committed meanwhile.
             missing = [tid for tid in history["transition_id"] if tid not in ids]
             if missing:
                 cursor = await conn.execute(
@@ -1110,18 +1136,22 @@ def _translate_decode_errors(tenant: str, rule_group: str | None) -> Iterator[No
         ) from exc
 
 
+def _lease_lost(tenant: str, rule_group: str) -> LeaseLostError:
+    return LeaseLostError(
+        f"lease of tenant {preview(tenant)}, rule group {preview(rule_group)} is lost: its "
+        "session ended, so another node may evaluate the rule group now; nothing was written"
+    )
+
+
 async def _check_fence(conn: psycopg.AsyncConnection, tenant: str, rule_group: str, fence: Fence) -> None:
-    # NOTE: checked at the start of the transaction, not at commit, so a lease session that ends
-    # in between lets this one flush land. The new holder loaded the previous consistent state
-    # and its next flush replaces these rows, so only a notification may repeat.
-    classid, objid = fence.lock_ids
-    cursor = await conn.execute(FENCE_CHECK, (fence.backend_pid, classid, objid))
+    # NOTE: checked at the start of the transaction, not at commit. A lease session that ends in
+    # between lets this one write land, and _RECORD_TRANSITIONS has the same gap. The new holder
+    # loaded the previous consistent state, and its next flush replaces these rows, so only a
+    # notification may repeat.
+    cursor = await conn.execute("SELECT " + FENCE_HELD, fence_params(fence))
     row = await cursor.fetchone()
     if row is None or not row[0]:
-        raise LeaseLostError(
-            f"lease of tenant {preview(tenant)}, rule group {preview(rule_group)} is lost: its "
-            "session ended, so another node may evaluate the rule group now; nothing was written"
-        )
+        raise _lease_lost(tenant, rule_group)
 
 
 def _utc_day(at_s: float) -> date:
