@@ -92,7 +92,8 @@ def create_app(
         summary="Report whether the store, JetStream and the evaluators are ready",
         response_model=Health,
         responses={
-            200: {"description": "The store answered, JetStream is connected and every evaluator started."},
+            200: {"description": "The store answered, JetStream is connected, the lease session works and"
+                  " every evaluator of this node started."},
             503: {"description": "A check failed; `checks` names it.", "model": Health},
         },
     )

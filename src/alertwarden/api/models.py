@@ -126,7 +126,8 @@ class Health(BaseModel):
 class RuleHealth(BaseModel):
     status: str = Field(
         description="healthy, unhealthy (regex timeouts, or a stored definition that does not"
-        " compile), starting, or inactive (disabled, or the tenant's flag is off)."
+        " compile), starting, elsewhere (another serve node holds the rule group's lease), or"
+        " inactive (disabled, or the tenant's flag is off)."
     )
     reason: str | None = None
 
