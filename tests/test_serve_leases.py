@@ -95,8 +95,9 @@ def test_serve_two_nodes_share_and_take_over(
 
         first = wait_until(settled, 30, "one node per rule group")
         for tenant in TENANTS:
-            other = 1 - first[tenant][0]
-            assert statuses(nodes[other], tenant) == "elsewhere"
+            other = nodes[1 - first[tenant][0]]
+            # The other node reports it once its own poll has seen the tenant's flag.
+            wait_until(lambda: statuses(other, tenant) == "elsewhere", 10, f"{tenant} elsewhere")
 
         for tenant in TENANTS:
             publish(names.logs_subject_of(tenant), ["db-01"] * 3, f"{tenant}-a")

@@ -221,7 +221,8 @@ class Service:
             await leases.release(group_id)
             await self._forget_if_deleted(group_id)
             changed = True
-        self.elsewhere = {}
+        # Built aside and swapped in at the end: the API reads it while this loop awaits.
+        elsewhere: dict[GroupId, GroupSpec] = {}
         for group_id, spec in desired.items():
             current = self.specs.get(group_id)
             if current is not None and current.versions == spec.versions:
@@ -230,7 +231,7 @@ class Service:
             if fence is None:
                 # Another node evaluates it; this node tries again at every poll, so it takes
                 # over within rules_poll_s of that node's end.
-                self.elsewhere[group_id] = spec
+                elsewhere[group_id] = spec
                 continue
             if group_id in self.workers:
                 await self._stop_worker(group_id, reason="rules changed")
@@ -247,6 +248,7 @@ class Service:
             self.specs[group_id] = spec
             worker.start()
             changed = True
+        self.elsewhere = elsewhere
         if changed:
             try:
                 await self.store.sweep()  # type: ignore[union-attr]
