@@ -354,7 +354,7 @@ def test_serve_regex_timeout_marks_rule_unhealthy(
 
 @pytest.fixture
 def unanswered_url() -> Iterator[str]:
-    """URL of a loopback port that accepts connections and never answers."""
+    """URL of a loopback port that accepts connections and never responds."""
     import socket
 
     listener = socket.socket()

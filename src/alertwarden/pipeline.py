@@ -206,8 +206,8 @@ class RuleGroupPipeline:
         """Move the clock while the input is idle and caught up at `offset`.
 
         A tick that made transitions is flushed at once. Its transitions share the step of the
-        record at `offset`, whose own boundary ticks may follow; without the flush, a restart
-        from an earlier checkpoint would hold both under one frozen position and skip the second.
+        record at `offset`, whose own boundary ticks may follow. Without the flush, a restart
+        from an earlier checkpoint would freeze both under one position and skip the second.
         """
         transitions = self.evaluator.advance(now_s, offset)
         if not transitions:

@@ -20,7 +20,7 @@ _UNKNOWN_DIGEST = bytes(32)
 
 
 class ServiceHooks(Protocol):
-    """What the API reads from and tells the running service (`alertwarden serve`)."""
+    """Hooks through which the API reads from and notifies the running service (`alertwarden serve`)."""
 
     def readiness(self) -> Any: ...
 

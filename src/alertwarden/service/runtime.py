@@ -198,7 +198,7 @@ class Service:
 
     async def _reconcile(self) -> None:
         catalog = self.catalog
-        assert catalog is not None and self._worker_config is not None
+        assert catalog is not None
         if not await self._leases_ready():
             return
         try:
@@ -208,7 +208,17 @@ class Service:
             log.error("rules_load_failed", error=str(error), note="the running rules stay in force")
             return
         self.rules_loaded = True
-        changed = False
+
+        changed = await self._stop_unwanted_workers(desired)
+        changed = await self._start_wanted_workers(desired) or changed
+        if changed:
+            try:
+                await self.store.sweep()  # type: ignore[union-attr]
+            except StoreError as error:
+                log.warning("sweep_failed", error=str(error))
+
+    async def _stop_unwanted_workers(self, desired: dict[GroupId, GroupSpec]) -> bool:
+        """Drop workers that lost their lease and stop those of inactive rule groups."""
         leases = self.leases
         assert leases is not None
         for group_id in [g for g, worker in self.workers.items() if worker.lease_lost]:
@@ -216,12 +226,21 @@ class Service:
             self.workers.pop(group_id)
             self.specs.pop(group_id, None)
             leases.forget(group_id)
+
+        changed = False
         for group_id in [g for g in self.workers if g not in desired]:
             await self._stop_worker(group_id, reason="no enabled rule, or the tenant's flag is off")
             await leases.release(group_id)
             await self._forget_if_deleted(group_id)
             changed = True
-        # Built aside and swapped in at the end: the API reads it while this loop awaits.
+        return changed
+
+    async def _start_wanted_workers(self, desired: dict[GroupId, GroupSpec]) -> bool:
+        """Start or restart the workers of rule groups whose lease this node can take."""
+        leases = self.leases
+        assert leases is not None and self._worker_config is not None
+        changed = False
+        # Built aside and swapped in at the end, because the API reads it while this loop awaits.
         elsewhere: dict[GroupId, GroupSpec] = {}
         for group_id, spec in desired.items():
             current = self.specs.get(group_id)
@@ -229,10 +248,11 @@ class Service:
                 continue
             fence = await leases.try_acquire(group_id)
             if fence is None:
-                # Another node evaluates it; this node tries again at every poll, so it takes
+                # Another node evaluates it. This node tries again at every poll, so it takes
                 # over within rules_poll_s of that node's end.
                 elsewhere[group_id] = spec
                 continue
+
             if group_id in self.workers:
                 await self._stop_worker(group_id, reason="rules changed")
             worker = RuleGroupWorker(
@@ -249,11 +269,7 @@ class Service:
             worker.start()
             changed = True
         self.elsewhere = elsewhere
-        if changed:
-            try:
-                await self.store.sweep()  # type: ignore[union-attr]
-            except StoreError as error:
-                log.warning("sweep_failed", error=str(error))
+        return changed
 
     async def _count_unknown_tenants(self) -> None:
         """Count and log the messages stored for tenants that do not exist."""

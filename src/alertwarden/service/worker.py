@@ -1,7 +1,7 @@
 """One tenant + rule group of the service: a JetStream fetcher, a bounded queue and a pipeline.
 
 The evaluator's clock is the time JetStream stored each message (its arrival), so a replay
-after a crash sees the same clock as the first read. When the tenant's subjects are idle, a
+after a crash gets the same clock as the first read. When the tenant's subjects are idle, a
 fetch that returns nothing moves the clock to the wall clock minus tick_delay_s, so bucket
 boundaries (recoveries) are evaluated without new messages. Such a tick happens only after a
 fetch found the input caught up, never in the middle of a backlog: a restart first replays
@@ -40,7 +40,7 @@ RESTART_INITIAL_S = 1.0
 RESTART_MAX_S = 60.0
 CANCEL_RETRY_S = 0.1
 TIME_SLICE_S = 0.002
-"""Longest time a worker evaluates before it lets the other workers run."""
+"""Maximum time a worker evaluates before it lets the other workers run."""
 UNHEALTHY_HOLD_S = 300.0
 """A rule stays unhealthy for this long after its last regex timeout."""
 
@@ -78,7 +78,7 @@ class WorkerCounters:
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """What every worker of one service shares."""
+    """Store, JetStream context, sinks and limits that every worker of one service shares."""
 
     store: StateStore
     js: JetStreamContext
@@ -292,9 +292,10 @@ class RuleGroupWorker:
         pipeline = self._new_pipeline()
         self.pipeline = pipeline
         await pipeline.start(self._resolve)
+
         start_sequence = pipeline.resume_offset
         signals = {rule.signal for rule in self.rules}
-        # A rule group without a checkpoint starts one window back, so a new rule sees the
+        # A rule group without a checkpoint starts one window back, so a new rule counts the
         # events of its first window.
         lookback_s = max(rule.window_s for rule in self.rules)
         source = JetStreamInput(
@@ -307,6 +308,7 @@ class RuleGroupWorker:
             max_message_bytes=config.max_message_bytes,
         )
         self.input = source
+
         try:
             first = await source.open()
             self.applied_offset = first

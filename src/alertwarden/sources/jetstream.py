@@ -241,7 +241,7 @@ class StreamMessage(NamedTuple):
     `offset` is the stream sequence and `end_offset` the sequence after it, the checkpoint
     offset once this message is applied. `msg_id` is the `Nats-Msg-Id` header, or None.
     `stored_at` is when the server stored the message, in UTC seconds: it is kept with the
-    message, so a replay sees the same arrival times as the first read.
+    message, so a replay gets the same arrival times as the first read.
     """
 
     offset: int
@@ -311,11 +311,11 @@ class JetStreamInput:
         self.max_message_bytes = max_message_bytes
         self.next_sequence = max(start_sequence, 1)
         self.start_time = start_time
-        wanted = {Signal.LOGS, Signal.EVENTS} if Signal.ANY in set(signals) else set(signals)
+        requested = {Signal.LOGS, Signal.EVENTS} if Signal.ANY in set(signals) else set(signals)
         self.subjects = {
             signal: tenant_subject(settings, tenant, signal)
             for signal in (Signal.LOGS, Signal.EVENTS)
-            if signal in wanted
+            if signal in requested
         }
         if not self.subjects:
             raise ValueError("invalid signals: give at least one of logs, events or any")
@@ -496,8 +496,8 @@ class JetStreamInput:
             self.next_sequence = max(self.next_sequence, info.delivered.stream_seq + 1)
         self._consumer = info.name
         # NOTE: the connection and API prefix are private attributes of nats-py's
-        # JetStreamContext (checked with nats-py 2.16); the public fetch costs one event loop
-        # turn per message (see alertwarden.sources.pull).
+        # JetStreamContext (checked with nats-py 2.16). They are used because the public fetch
+        # costs one event loop turn per message (see alertwarden.sources.pull).
         puller = PullFetcher(
             self.js._nc, self.js._prefix, self.settings.stream, info.name, self.settings.fetch_batch
         )

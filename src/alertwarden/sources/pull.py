@@ -32,7 +32,7 @@ class PullError(Exception):
 
 
 class Delivery(NamedTuple):
-    """What the reply subject of a JetStream message says: its stream sequence and stored time."""
+    """Stream sequence and stored time, read from the reply subject of a JetStream message."""
 
     stream_sequence: int
     stored_at: float
@@ -60,7 +60,7 @@ def parse_reply(reply: str) -> Delivery | None:
 class PullFetcher:
     """One outstanding pull request at a time on one consumer, buffering its messages.
 
-    The buffer holds at most `batch` messages, the credits of one request. `fetch` returns the
+    The buffer contains at most `batch` messages, the credits of one request. `fetch` returns the
     buffered messages at once, or waits up to `timeout_s` for the first of a new request.
     """
 
@@ -118,9 +118,9 @@ class PullFetcher:
                 await self._request(timeout_s)
         if not self._buffer:
             try:
-                # The server answers by timeout_s at the latest (messages or 408); the extra
-                # second allows for the round trip. asyncio.timeout, because wait_for of Python
-                # 3.11 drops a cancel that comes as the wait ends (CPython gh-86296).
+                # The server responds by timeout_s at the latest (messages or 408), and the extra
+                # second allows for the round trip. This uses asyncio.timeout because wait_for of
+                # Python 3.11 drops a cancel that comes as the wait ends (CPython gh-86296).
                 async with asyncio.timeout(timeout_s + 1.0):
                     await self._wake.wait()
             except TimeoutError:

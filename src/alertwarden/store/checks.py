@@ -8,12 +8,12 @@ callers that store a JSON document from a client, such as the REST API.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from alertwarden.engine.records import GroupKey, Transition, TransitionKind
+from alertwarden.engine.records import GroupKey, GroupSnapshot, GroupStatus, Transition, TransitionKind
 from alertwarden.errors import InvalidValueError, StoreError
 
 PREVIEW_CHARS = 60
@@ -236,3 +236,42 @@ def check_transition(transition: Transition) -> tuple[str, float, str, dict[str,
         ) from exc
     details["captures"] = transition.captures
     return rule_id, at, kind, details
+
+
+def snapshot_from_row(
+    row: Sequence[Any], decode_counts: Callable[[Any], tuple[int, ...]]
+) -> GroupSnapshot:
+    """Build a group snapshot from a rule_state row in the column order both stores select.
+
+    `decode_counts` turns the stored bucket counts into a tuple: an array in PostgreSQL, a
+    packed blob in SQLite.
+    """
+    (
+        rule_id,
+        group_key,
+        window_s,
+        bucket_s,
+        counts,
+        head_bucket,
+        last_seen_at,
+        last_fired_at,
+        last_notified_at,
+        status,
+        suppressed,
+        position,
+    ) = row
+    return GroupSnapshot(
+        rule_id=rule_id,
+        key=decode_key(group_key),
+        window_s=window_s,
+        bucket_s=bucket_s,
+        counts=decode_counts(counts),
+        head_bucket=head_bucket,
+        last_seen_at=last_seen_at,
+        last_fired_at=last_fired_at,
+        last_notified_at=last_notified_at,
+        status=GroupStatus(status),
+        # SQLite stores booleans as 0 and 1.
+        suppressed=bool(suppressed),
+        position=position,
+    )

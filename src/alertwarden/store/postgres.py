@@ -50,7 +50,7 @@ from alertwarden.store.checks import (
     check_text,
     check_time,
     check_transition,
-    decode_key,
+    snapshot_from_row,
     encode_key,
     preview,
 )
@@ -120,40 +120,30 @@ ON CONFLICT (tenant_id, rule_group) DO UPDATE SET
     updated_at = excluded.updated_at
 """
 
-_INSERT_HISTORY: LiteralString = """
+_HISTORY_ARRAYS = ("at_s", "rule_id", "group_key", "kind", "count", "transition_id", "details")
+
+# The history rows and their groups' state in one statement, so in one implicit transaction,
+# which saves BEGIN and COMMIT round trips per transition. The history arrays carry an h_
+# prefix because rule_id and group_key also name the arrays of _UPSERT_GROUPS. With a fence
+# (fence_pid not NULL) both inserts write only while the lease is held, and the result row
+# whose transition_id is NULL carries that condition.
+_FENCED = "\nWHERE (SELECT held FROM fence)\nON CONFLICT "
+_RECORD_TRANSITIONS: LiteralString = (
+    "WITH fence AS (SELECT CASE WHEN %(fence_pid)s::integer IS NULL THEN true ELSE "
+    + FENCE_HELD
+    + """ END AS held), inserted AS (
 INSERT INTO evaluation_history
     (at, at_s, tenant_id, rule_group, rule_id, group_key, kind, count, transition_id, details)
 SELECT to_timestamp(h.at_s), h.at_s, %(tenant)s, %(rule_group)s, h.rule_id, h.group_key::jsonb,
        h.kind, h.count, h.transition_id, h.details::jsonb
 FROM unnest(
-    %(at_s)s::float8[], %(rule_id)s::text[], %(group_key)s::text[], %(kind)s::text[],
-    %(count)s::integer[], %(transition_id)s::text[], %(details)s::text[]
+    %(h_at_s)s::float8[], %(h_rule_id)s::text[], %(h_group_key)s::text[], %(h_kind)s::text[],
+    %(h_count)s::integer[], %(h_transition_id)s::text[], %(h_details)s::text[]
 ) AS h(at_s, rule_id, group_key, kind, count, transition_id, details)
+WHERE (SELECT held FROM fence)
 ON CONFLICT (tenant_id, transition_id, at) DO NOTHING
 RETURNING transition_id, id
-"""
-
-_HISTORY_ARRAYS = ("at_s", "rule_id", "group_key", "kind", "count", "transition_id", "details")
-
-# The history rows and their groups' state in one statement, so in one implicit transaction,
-# which saves BEGIN and COMMIT round trips per transition. The history arrays are renamed
-# with an h_ prefix because rule_id and group_key also name the arrays of _UPSERT_GROUPS.
-# With a fence (fence_pid not NULL) both inserts write only while the lease is held, and the
-# result row whose transition_id is NULL carries that condition.
-_FENCED = "\nWHERE (SELECT held FROM fence)\nON CONFLICT "
-_RECORD_TRANSITIONS: LiteralString = (
-    "WITH fence AS (SELECT CASE WHEN %(fence_pid)s::integer IS NULL THEN true ELSE "
-    + FENCE_HELD
-    + " END AS held), inserted AS ("
-    + _INSERT_HISTORY.replace("\nON CONFLICT ", _FENCED)
-    .replace("%(at_s)s", "%(h_at_s)s")
-    .replace("%(rule_id)s", "%(h_rule_id)s")
-    .replace("%(group_key)s", "%(h_group_key)s")
-    .replace("%(kind)s", "%(h_kind)s")
-    .replace("%(count)s", "%(h_count)s")
-    .replace("%(transition_id)s", "%(h_transition_id)s")
-    .replace("%(details)s", "%(h_details)s")
-    + "), upserted AS ("
+), upserted AS ("""
     + _UPSERT_GROUPS.replace("\nON CONFLICT ", _FENCED)
     + ") SELECT NULL::text, NULL::bigint, (SELECT held FROM fence)"
     " UNION ALL SELECT transition_id, id, NULL FROM inserted"
@@ -416,7 +406,7 @@ class PostgresStore:
         state = StoredState()
         with _translate_decode_errors(tenant, rule_group):
             for row in group_rows:
-                snapshot = _snapshot_from_row(row)
+                snapshot = snapshot_from_row(row, tuple)
                 state.groups.setdefault(snapshot.rule_id, []).append(snapshot)
             if checkpoint_row is not None:
                 state.checkpoint = _checkpoint_from_row(checkpoint_row)
@@ -1022,7 +1012,7 @@ class PostgresStore:
             )
             rows = await cursor.fetchall()
         with _translate_decode_errors(tenant, None):
-            return [(row[0], row[2], _snapshot_from_row(row[1:])) for row in rows]
+            return [(row[0], row[2], snapshot_from_row(row[1:], tuple)) for row in rows]
 
     async def history_page(
         self,
@@ -1466,37 +1456,6 @@ def _text_array(values: list[str]) -> _BinaryArray:
     lengths = map(_ELEMENT_LENGTH.pack, map(len, encoded))
     body = b"".join(chain.from_iterable(zip(lengths, encoded)))
     return _BinaryArray(_array_header(_OID_TEXT, len(values), False) + body)
-
-
-def _snapshot_from_row(row: tuple[Any, ...]) -> GroupSnapshot:
-    (
-        rule_id,
-        group_key,
-        window_s,
-        bucket_s,
-        counts,
-        head_bucket,
-        last_seen_at,
-        last_fired_at,
-        last_notified_at,
-        status,
-        suppressed,
-        position,
-    ) = row
-    return GroupSnapshot(
-        rule_id=rule_id,
-        key=decode_key(group_key),
-        window_s=window_s,
-        bucket_s=bucket_s,
-        counts=tuple(counts),
-        head_bucket=head_bucket,
-        last_seen_at=last_seen_at,
-        last_fired_at=last_fired_at,
-        last_notified_at=last_notified_at,
-        status=GroupStatus(status),
-        suppressed=suppressed,
-        position=position,
-    )
 
 
 def _checkpoint_params(tenant: str, rule_group: str, checkpoint: Checkpoint) -> tuple[Any, ...]:

@@ -38,7 +38,7 @@ from alertwarden.store.checks import (
     check_text,
     check_time,
     check_transition,
-    decode_key,
+    snapshot_from_row,
     encode_key,
     preview,
 )
@@ -197,7 +197,7 @@ class SQLiteStore:
         state = StoredState()
         with _translate_decode_errors(tenant, rule_group):
             for row in group_rows:
-                snapshot = _snapshot_from_row(row)
+                snapshot = snapshot_from_row(row, _decode_counts)
                 state.groups.setdefault(snapshot.rule_id, []).append(snapshot)
             if checkpoint_row is not None:
                 state.checkpoint = _checkpoint_from_row(checkpoint_row)
@@ -504,37 +504,6 @@ def _snapshot_params(tenant: str, rule_group: str, snapshot: GroupSnapshot) -> t
         status,
         int(snapshot.suppressed),
         check_int64("position", snapshot.position),
-    )
-
-
-def _snapshot_from_row(row: tuple[Any, ...]) -> GroupSnapshot:
-    (
-        rule_id,
-        group_key,
-        window_s,
-        bucket_s,
-        counts,
-        head_bucket,
-        last_seen_at,
-        last_fired_at,
-        last_notified_at,
-        status,
-        suppressed,
-        position,
-    ) = row
-    return GroupSnapshot(
-        rule_id=rule_id,
-        key=decode_key(group_key),
-        window_s=window_s,
-        bucket_s=bucket_s,
-        counts=_decode_counts(counts),
-        head_bucket=head_bucket,
-        last_seen_at=last_seen_at,
-        last_fired_at=last_fired_at,
-        last_notified_at=last_notified_at,
-        status=GroupStatus(status),
-        suppressed=bool(suppressed),
-        position=position,
     )
 
 
