@@ -272,6 +272,7 @@ def test_index_hint_equals() -> None:
     assert hint.path.text == "severity_text"
     assert hint.values == frozenset({"warn"})
     assert hint.case_sensitive is False
+    assert hint.sufficient is True
 
 
 def test_index_hint_in_case_sensitive() -> None:
@@ -296,6 +297,15 @@ def test_index_hint_all_takes_first() -> None:
     assert hint is not None
     assert hint.path.text == "tags"
     assert hint.values == frozenset({"ssh"})
+    # The other conditions still decide, so the dispatcher must run the matcher.
+    assert hint.sufficient is False
+
+
+def test_index_hint_all_of_one_condition_is_sufficient() -> None:
+    hint = hint_of({"all": [{"field": "tags", "in": ["SSH", "vpn"]}]})
+    assert hint is not None
+    assert hint.values == frozenset({"ssh", "vpn"})
+    assert hint.sufficient is True
 
 
 @pytest.mark.parametrize(
@@ -384,6 +394,8 @@ def test_index_hint_contract(tree: dict[str, Any], fields: dict[str, Any]) -> No
     key = value if hint.case_sensitive else value.casefold()
     if key not in hint.values:
         assert compiled.matcher(fields) is None
+    elif hint.sufficient:
+        assert compiled.matcher(fields) == {}
 
 
 @given(FILTERS, EVENTS)

@@ -18,6 +18,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from alertwarden.engine.records import (
@@ -114,6 +115,8 @@ MAX_KEY_CHARS = 400
 """Maximum length of a group key, in characters of all its values together. Longer keys, and values with a
 NUL byte, cannot be stored (a PostgreSQL btree index row holds at most 2704 bytes, and neither
 SQLite nor PostgreSQL text holds NUL), so such events skip the rule and count as invalid_key."""
+_NO_CAPTURES: Mapping[str, Any] = MappingProxyType({})
+"""Captures of a rule that matched through its index hint alone, which captures nothing."""
 MAX_CAPTURE_CHARS = 1024
 """Maximum length of a regex capture kept with a transition for rendering annotations."""
 
@@ -123,34 +126,42 @@ class _RuleDispatch:
 
     A rule with an index hint can only match an event whose string value at the hint's path is
     one of the hint's values. Rules without a hint, and every rule when the value is not a
-    string, go through their full match filter.
+    string, go through their full match filter. When the hint is the whole filter (it is
+    `sufficient`), a value in the hint matches the rule without running the filter.
     """
 
     def __init__(self, states: list[_RuleState]) -> None:
-        self.states = states
-        self._always: list[_RuleState] = []
+        # Candidates are (rule state, matched for certain) pairs.
+        self._all = [(state, False) for state in states]
+        self._always: list[tuple[_RuleState, bool]] = []
         # path text -> (path, folded value -> rules, exact value -> rules, all rules on the path)
         self._indexes: dict[
             str,
-            tuple[FieldPath, dict[str, list[_RuleState]], dict[str, list[_RuleState]], list[_RuleState]],
+            tuple[
+                FieldPath,
+                dict[str, list[tuple[_RuleState, bool]]],
+                dict[str, list[tuple[_RuleState, bool]]],
+                list[tuple[_RuleState, bool]],
+            ],
         ] = {}
         for state in states:
             hint = getattr(state.rule, "index_hint", None)
             if hint is None:
-                self._always.append(state)
+                self._always.append((state, False))
                 continue
             path, folded, exact, members = self._indexes.setdefault(
                 hint.path.text, (hint.path, {}, {}, [])
             )
-            members.append(state)
+            members.append((state, False))
             table = exact if hint.case_sensitive else folded
             for value in hint.values:
-                table.setdefault(value, []).append(state)
+                table.setdefault(value, []).append((state, hint.sufficient))
         self._simple = not self._indexes
 
-    def candidates(self, fields: dict[str, Any]) -> list[_RuleState]:
+    def candidates(self, fields: dict[str, Any]) -> list[tuple[_RuleState, bool]]:
+        """Return the rules `fields` may match, each with True when it matches for certain."""
         if self._simple:
-            return self.states
+            return self._all
         found = list(self._always)
         for path, folded, exact, members in self._indexes.values():
             value = path.get(fields)
@@ -298,11 +309,19 @@ class Evaluator:
         self, event: Event, offset: int = 0, arrival_s: float | None = None
     ) -> list[Transition]:
         """Run the boundary ticks that `event` triggers; the runner may flush after this."""
-        if arrival_s is None and self.settings.clock is ClockMode.EVENT:
-            return self.advance(event.time_s, offset)
-        if self.settings.clock is ClockMode.WALL and arrival_s is not None:
-            return self.advance(arrival_s, offset)
-        return self.advance(self.effective_time(event.time_s, arrival_s)[0], offset)
+        return self.advance(self.advance_target(event, arrival_s), offset)
+
+    def advance_target(self, event: Event, arrival_s: float | None = None) -> float:
+        """Return the time advance_for() moves the clock to for `event`; change nothing.
+
+        The clock ends at the larger of this and `now`.
+        """
+        clock = self.settings.clock
+        if clock is ClockMode.WALL and arrival_s is not None:
+            return arrival_s
+        if arrival_s is None and clock is ClockMode.EVENT:
+            return event.time_s
+        return self.effective_time(event.time_s, arrival_s)[0]
 
     def count(
         self, event: Event, offset: int = 0, arrival_s: float | None = None
@@ -325,14 +344,16 @@ class Evaluator:
             out.extend(self.advance(time_s, offset))
         dispatch = self._events_dispatch if event.signal is Signal.EVENTS else self._logs_dispatch
         fields = event.fields
-        states = dispatch.candidates(fields)
         step = self._position_base + 2 * offset + 1
         self._step = step
         matched_any = False
-        for state in states:
-            captures = state.rule.match(fields)
-            if captures is None:
-                continue
+        for state, certain in dispatch.candidates(fields):
+            if certain:
+                captures = _NO_CAPTURES
+            else:
+                captures = state.rule.match(fields)
+                if captures is None:
+                    continue
             matched_any = True
             self._count_for_rule(state, fields, captures, time_s, step, out)
         if not matched_any:

@@ -12,6 +12,7 @@ a field costs one Python call, and `all` costs one call plus one per condition i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import operator
@@ -100,11 +101,16 @@ class IndexHint:
     The filter compiler produces a hint for a top-level string `equals`, a top-level `in` whose
     values are all strings, and an `all` that contains one of them, directly or in a nested
     `all` (the first one in the order written).
+
+    `sufficient` is True when the hint is the whole filter (a top-level `equals` or `in`): then a
+    str `v` in `values` (casefolded unless case-sensitive) is enough, the filter matches with no
+    captures, and the caller may skip the matcher.
     """
 
     path: FieldPath
     values: frozenset[str]
     case_sensitive: bool
+    sufficient: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +282,8 @@ def _conjoin(children: list[_Node]) -> _Node:
     test = _all_test([child.test for child in children])
     # Every condition of `all` must hold, so the hint of any child is a hint of the whole.
     hint = next((child.hint for child in children if child.hint is not None), None)
+    if hint is not None and len(children) > 1:
+        hint = dataclasses.replace(hint, sufficient=False)
     if not names:
         return _Node(test, None, names, words, _all_matcher([child.test for child in children]), hint)
 
@@ -436,7 +444,7 @@ def _compile_condition(tree: dict[str, Any], location: str, regex_timeouts: Rege
         frozenset(),
         described,
         _string_set_check(path, strings, case_sensitive, NO_CAPTURES, None),
-        IndexHint(path, strings, case_sensitive),
+        IndexHint(path, strings, case_sensitive, sufficient=True),
     )
 
 
