@@ -54,7 +54,7 @@ import alertwarden
 from alertwarden.events import Signal
 from alertwarden.logs import configure_logging
 from alertwarden.rules import load_rules_text
-from alertwarden.service.runtime import DiscardSink
+from alertwarden.service.runtime import DiscardSink, tune_gc
 from alertwarden.service.worker import RuleGroupWorker, WorkerConfig, WorkerState
 from alertwarden.settings import Settings
 from alertwarden.sources.jetstream import (
@@ -542,6 +542,8 @@ async def measure(args: argparse.Namespace, paths: Sequence[str]) -> None:
             print(f"published {args.events:,} events in {time.time() - published_at:.1f} s", file=sys.stderr)
             store = PostgresStore(url, pool_max=setting_default("database_pool_max"))
             await store.open()
+            # As `serve` does once it has started; it applies to every path of this process.
+            tune_gc()
             try:
                 measurements = await measure_paths(
                     args, paths, nc, settings, store, url, workload, last_sequences, published_at

@@ -536,6 +536,49 @@ async def test_deferred_transitions_match_direct(tmp_path: Path) -> None:
     await inner.close()
 
 
+async def test_process_nowait_matches_process(tmp_path: Path) -> None:
+    stream = host_bursts()
+    reference_rows, reference_ids, reference_groups = await run_clean(tmp_path, stream)
+
+    rules = load_rules_text(RULES)
+    inner = SQLiteStore(tmp_path / "nowait.sqlite")
+    await inner.open()
+    store = CallLog(inner)
+    sink = CollectingSink()
+    pipeline = deferring_pipeline(rules, store, sink)
+    await pipeline.start(no_resume)
+    declined = 0
+    for offset, event in enumerate(stream):
+        if not pipeline.process_nowait(event, offset):
+            declined += 1
+            await pipeline.process(event, offset)
+    flushes_while_processing = store.count("flush")
+    await pipeline.finish(len(stream))
+
+    assert history_rows(await inner.history("default")) == reference_rows
+    assert await stored_groups(inner) == reference_groups
+    assert [n.transition_id for n in sink.sent] == reference_ids
+    # The bursts cover 8 distinct minutes, so the first record of each of the last 7 flushes.
+    # process_nowait declines those and the very first record, which starts the clock.
+    assert flushes_while_processing == 7
+    assert declined == 1 + flushes_while_processing
+    await inner.close()
+
+
+async def test_process_nowait_declines_without_deferral(tmp_path: Path) -> None:
+    rules = load_rules_text(RULES)
+    store = SQLiteStore(tmp_path / "direct.sqlite")
+    await store.open()
+    pipeline = RuleGroupPipeline(Evaluator(rules), rules, store, CollectingSink(), source="test")
+    await pipeline.start(no_resume)
+    stream = events()
+    await pipeline.process(stream[0], 0)
+    # Without deferral a transition is stored as it happens, which needs an await.
+    assert pipeline.process_nowait(stream[1], 1) is False
+    assert pipeline.evaluator.stats.events == 1
+    await store.close()
+
+
 async def test_flush_stores_deferred_transitions_first(tmp_path: Path) -> None:
     rules = load_rules_text(RULES)
     inner = SQLiteStore(tmp_path / "order.sqlite")

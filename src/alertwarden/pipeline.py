@@ -114,6 +114,7 @@ class RuleGroupPipeline:
         # passes a deferred transition, because every flush emits them first.
         self.defer_transitions = defer_transitions
         self._deferred: list[Transition] = []
+        self._deferred_since = 0.0
 
     # ------------------------------------------------------------- lifecycle
 
@@ -193,6 +194,32 @@ class RuleGroupPipeline:
         if counted:
             await self._queue(counted)
         self._last_offset = offset
+
+    def process_nowait(self, event: Event, offset: int, arrival_s: float | None = None) -> bool:
+        """Apply a record as process() does when that needs no store write; return True then.
+
+        Returns False, having changed nothing, when the record would flush, or when transitions
+        are not deferred: the caller then awaits process(). The service's hot loop calls this for
+        every record, because awaiting a coroutine per record costs more than the evaluation.
+        """
+        if not self.defer_transitions:
+            return False
+        evaluator = self.evaluator
+        now = evaluator.now
+        flushed = self._flushed_bucket
+        if now is None or flushed is None:
+            return False
+        target = evaluator.advance_target(event, arrival_s)
+        if math.floor((target if target > now else now) / evaluator.flush_interval_s) > flushed:
+            return False
+        ticked = evaluator.advance(target, offset)
+        if ticked:
+            self._defer(ticked)
+        counted = evaluator.count(event, offset, arrival_s)
+        if counted:
+            self._defer(counted)
+        self._last_offset = offset
+        return True
 
     async def tick(self, now_s: float, offset: int) -> None:
         """Move the clock without an event (wall clock, or end of a replay)."""
@@ -367,9 +394,20 @@ class RuleGroupPipeline:
 
     async def _queue(self, transitions: list[Transition]) -> None:
         if self.defer_transitions:
-            self._deferred.extend(transitions)
+            self._defer(transitions)
         else:
             await self._emit(transitions)
+
+    def _defer(self, transitions: list[Transition]) -> None:
+        if not self._deferred:
+            self._deferred_since = self._monotonic()
+        self._deferred.extend(transitions)
+
+    def deferred_age_s(self) -> float:
+        """Seconds the oldest deferred transition has waited, or -1.0 when none waits."""
+        if not self._deferred:
+            return -1.0
+        return self._monotonic() - self._deferred_since
 
     async def emit_deferred(self) -> None:
         """Store and send the transitions that process() deferred, in the order they were made."""

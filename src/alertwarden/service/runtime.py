@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -147,6 +148,7 @@ class Service:
             config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False)
             server = _Server(config)
             self._install_signal_handlers()
+            tune_gc()
             api = asyncio.create_task(server.serve(sockets=[listener]), name="api")
             self._api_task = api
             log.info(
@@ -551,6 +553,23 @@ class Service:
         log.info("stop_requested", signal=name, timeout_s=self.settings.shutdown_timeout_s)
         self._stop.set()
         asyncio.get_running_loop().call_later(self.settings.shutdown_timeout_s, _stop_timed_out)
+
+
+GC_GENERATION0_THRESHOLD = 20_000
+"""Allocations between two young-generation collections (CPython's default is 700)."""
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheaper for a process that evaluates events.
+
+    Every event allocates a few short-lived objects and almost none of them form cycles, so
+    collecting after every 700 allocations costs time for nothing. The objects that exist after
+    start-up (modules, the API, compiled rules) live until the end: freezing them keeps them out
+    of every later full collection.
+    """
+    gc.freeze()
+    _, generation1, generation2 = gc.get_threshold()
+    gc.set_threshold(GC_GENERATION0_THRESHOLD, generation1, generation2)
 
 
 def admin_token(settings: Settings) -> str:
