@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import httpx
 import orjson
+import psycopg
 import pytest
 
 from alertwarden.api import create_app
@@ -17,7 +18,7 @@ from alertwarden.api.routes_rules import window_count
 from alertwarden.engine.records import GroupSnapshot, GroupStatus, Transition, TransitionKind
 from alertwarden.errors import InvalidValueError
 from alertwarden.store.checks import MAX_JSON_DEPTH, check_json_document
-from alertwarden.store.postgres import PostgresStore
+from alertwarden.store.postgres import PostgresStore, RuleDeletion
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 NOW_S = 1_700_000_000.0
@@ -236,7 +237,15 @@ async def test_store_failure_503(pg_store_url: str) -> None:
 # ------------------------------------------------------------ tenants and features
 
 
-@pytest.mark.parametrize("tenant", ["a.b", "a*", "a>", "a%20b", "a%00b", "x" * 65])
+INVALID_TENANT_IDS = [
+    "a.b", "a*", "a>", "a%20b", "a%00b", "x" * 65, "caf%C3%A9", "%EF%BC%A1", "a:b", "a@b",
+    "a+b", "-acme", "_acme", "acme%0A",
+]
+"""Invalid tenant ids as URL path segments. The percent-escapes encode a space, NUL, 'é', the
+full-width letter 'Ａ' and a trailing newline."""
+
+
+@pytest.mark.parametrize("tenant", INVALID_TENANT_IDS)
 async def test_tenant_id_invalid(client: httpx.AsyncClient, tenant: str) -> None:
     response = await client.put(f"/v1/tenants/{tenant}", headers=ADMIN)
 
@@ -244,7 +253,34 @@ async def test_tenant_id_invalid(client: httpx.AsyncClient, tenant: str) -> None
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["path", "tenant"]
     assert detail["input"] == httpx.URL(f"/{tenant}").path[1:]
-    assert "invalid tenant id" in detail["msg"]
+    assert detail["msg"].startswith(f"invalid tenant id {detail['input']!r}: ")
+    assert "ASCII letters, digits, '_' or '-', starting with a letter or digit" in detail["msg"]
+
+
+@pytest.mark.parametrize("tenant", ["caf%C3%A9", "-acme", "x" * 65])
+async def test_tenant_id_invalid_on_scoped_routes(client: httpx.AsyncClient, tenant: str) -> None:
+    own_tenant = await create_tenant(client)
+    _, token = await tenant_token(client, own_tenant)
+
+    as_admin = await client.get(f"/v1/tenants/{tenant}/rules", headers=ADMIN)
+    as_tenant = await client.get(f"/v1/tenants/{tenant}/history", headers=bearer(token))
+    without_token = await client.get(f"/v1/tenants/{tenant}/rules")
+
+    assert as_admin.status_code == 422
+    assert as_admin.json()["detail"][0]["loc"] == ["path", "tenant"]
+    assert as_tenant.status_code == 422
+    assert as_tenant.json()["detail"][0]["loc"] == ["path", "tenant"]
+    assert without_token.status_code == 401
+
+
+@pytest.mark.parametrize("tenant", ["A", "0", "acme", "Acme_1-prod", "9" + "x" * 63])
+async def test_tenant_id_valid(client: httpx.AsyncClient, tenant: str) -> None:
+    created = await client.put(f"/v1/tenants/{tenant}", headers=ADMIN)
+    read = await client.get(f"/v1/tenants/{tenant}", headers=ADMIN)
+
+    assert created.status_code in (200, 201), created.text
+    assert read.status_code == 200
+    assert read.json()["tenant"] == tenant
 
 
 async def test_tenant_create_twice(client: httpx.AsyncClient) -> None:
@@ -441,6 +477,138 @@ async def test_rule_concurrent_if_match(client: httpx.AsyncClient) -> None:
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] + [412] * 9
     assert stored.json()["version"] == 2
+
+
+async def test_rule_delete_if_match(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+    await client.put(path, headers=ADMIN, json=RULE)
+    await client.put(path, headers=ADMIN, json={**RULE, "threshold": 4})
+
+    stale = await client.delete(path, headers={**ADMIN, "If-Match": '"1"'})
+    garbage = await client.delete(path, headers={**ADMIN, "If-Match": "x"})
+    after_stale = await client.get(path, headers=ADMIN)
+    match = await client.delete(path, headers={**ADMIN, "If-Match": 'W/"2"'})
+    after_match = await client.get(path, headers=ADMIN)
+    again = await client.delete(path, headers={**ADMIN, "If-Match": '"2"'})
+
+    assert stale.status_code == 412
+    assert stale.json()["detail"] == (
+        "rule 'r1' is not at version \"1\": read it again and retry with the new ETag"
+    )
+    assert garbage.status_code == 412
+    assert after_stale.status_code == 200
+    assert after_stale.json()["version"] == 2
+    assert after_stale.json()["definition"]["threshold"] == 4
+    assert match.status_code == 204
+    assert after_match.status_code == 404
+    # A missing rule is 404 with or without If-Match: RFC 9110 ignores a precondition when the
+    # request would fail without it.
+    assert again.status_code == 404
+
+
+async def test_rule_concurrent_delete_put_if_match(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    paths = [f"/v1/tenants/{tenant}/rules/r{n}" for n in range(10)]
+    for path in paths:
+        await client.put(path, headers=ADMIN, json=RULE)
+    version_1 = {**ADMIN, "If-Match": '"1"'}
+
+    responses = await asyncio.gather(
+        *(
+            request
+            for path in paths
+            for request in (
+                client.delete(path, headers=version_1),
+                client.put(path, headers=version_1, json={**RULE, "threshold": 9}),
+            )
+        )
+    )
+    stored = [await client.get(path, headers=ADMIN) for path in paths]
+
+    for n, path in enumerate(paths):
+        deleted, put = responses[2 * n], responses[2 * n + 1]
+        codes = (deleted.status_code, put.status_code)
+        assert codes in ((204, 412), (412, 200)), (path, codes)
+        if deleted.status_code == 204:
+            assert stored[n].status_code == 404, path
+        else:
+            assert stored[n].status_code == 200, path
+            assert stored[n].json()["version"] == 2, path
+            assert stored[n].json()["definition"]["threshold"] == 9, path
+
+
+async def test_rule_concurrent_delete_put(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    paths = [f"/v1/tenants/{tenant}/rules/r{n}" for n in range(10)]
+    for path in paths:
+        await client.put(path, headers=ADMIN, json=RULE)
+
+    responses = await asyncio.gather(
+        *(
+            request
+            for path in paths
+            for request in (
+                client.delete(path, headers=ADMIN),
+                client.put(path, headers=ADMIN, json={**RULE, "threshold": 9}),
+            )
+        )
+    )
+    stored = [await client.get(path, headers=ADMIN) for path in paths]
+
+    for n, path in enumerate(paths):
+        deleted, put = responses[2 * n], responses[2 * n + 1]
+        assert deleted.status_code == 204, path
+        assert put.status_code == 200, path
+        # Either the PUT replaced version 1 and the DELETE then removed the rule, or the DELETE
+        # ran first and the PUT created the rule again at version 1.
+        if stored[n].status_code == 200:
+            assert put.headers["etag"] == '"1"', path
+            assert stored[n].json()["version"] == 1, path
+        else:
+            assert stored[n].status_code == 404, path
+            assert put.headers["etag"] == '"2"', path
+
+
+async def test_rule_delete_waits_for_concurrent_update(
+    client: httpx.AsyncClient, store: PostgresStore, pg_store_url: str
+) -> None:
+    tenant = await create_tenant(client)
+    await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=RULE)
+
+    async with await psycopg.AsyncConnection.connect(pg_store_url) as writer:
+        # An uncommitted update holds the row lock, so the conditional DELETE waits for it and
+        # must then check the version that the update wrote.
+        await writer.execute(
+            "UPDATE rule_definitions SET version = version + 1"
+            " WHERE tenant_id = %s AND rule_id = 'r1'",
+            (tenant,),
+        )
+        deletion = asyncio.create_task(
+            store.delete_rule_definition(tenant, "r1", expected_version=1)
+        )
+        await wait_for_lock_waiter(pg_store_url)
+        await writer.commit()
+        outcome = await asyncio.wait_for(deletion, timeout=10)
+    stored = await client.get(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN)
+
+    assert outcome is RuleDeletion.VERSION_MISMATCH
+    assert stored.status_code == 200
+    assert stored.json()["version"] == 2
+
+
+async def wait_for_lock_waiter(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as monitor:
+        for _ in range(200):
+            cursor = await monitor.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the DELETE never waited for the row lock")
 
 
 async def test_body_too_large(client: httpx.AsyncClient) -> None:

@@ -390,6 +390,11 @@ def test_run_missing_rules_file(tmp_path: Path) -> None:
         ("--output", "xml", "invalid --output 'xml': use text or jsonl"),
         ("--clock", "sundial", "invalid --clock 'sundial': use event or wall"),
         ("--year", "99999", "invalid --year 99999"),
+        (
+            "--tenant", "café",
+            "invalid --tenant 'café': use 1-64 ASCII letters, digits, '_' or '-', starting with a"
+            " letter or digit",
+        ),
     ],
 )
 def test_run_invalid_option(

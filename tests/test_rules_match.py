@@ -259,7 +259,7 @@ def test_description_in_words() -> None:
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from alertwarden.rules import IndexHint, load_rules_text  # noqa: E402
+from alertwarden.rules import IndexHint  # noqa: E402
 
 
 def hint_of(tree: dict[str, Any]) -> IndexHint | None:

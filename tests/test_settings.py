@@ -82,6 +82,18 @@ def test_settings_rule_files_invalid(monkeypatch: pytest.MonkeyPatch, value: str
     assert "ALERTWARDEN_RULE_FILES" in str(caught.value)
 
 
+@pytest.mark.parametrize("tenant", ["café", "-acme", "a:b"])
+def test_settings_rule_files_invalid_tenant(monkeypatch: pytest.MonkeyPatch, tenant: str) -> None:
+    monkeypatch.setenv("ALERTWARDEN_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("ALERTWARDEN_RULE_FILES", f"{tenant}=rules.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        f"invalid settings: ALERTWARDEN_RULE_FILES: invalid tenant id {tenant!r}: use 1-64"
+        " ASCII letters, digits, '_' or '-', starting with a letter or digit"
+    )
+
+
 def test_settings_token_optional() -> None:
     settings = load_settings()
     assert settings.admin_token is None

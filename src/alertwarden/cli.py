@@ -27,7 +27,7 @@ from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator, R
 from alertwarden.errors import AlertwardenError, ConfigError
 from alertwarden.logs import configure_logging, get_logger
 from alertwarden.pipeline import RuleGroupPipeline
-from alertwarden.rules import CompiledRule, explain_rules, format_duration, load_rules_files, parse_duration
+from alertwarden.rules import CompiledRule, explain_rules, load_rules_files, parse_duration
 from alertwarden.runner import InputRunner, ProgressReporter, RunSummary
 from alertwarden.service.runtime import Service
 from alertwarden.settings import load_settings
@@ -36,6 +36,7 @@ from alertwarden.sinks.stdout import ConsoleSink, JsonLinesSink
 from alertwarden.sinks.webhook import WebhookSink
 from alertwarden.sources.files import FileInput, LineInput, StdinInput
 from alertwarden.sources.formats import make_parser
+from alertwarden.sources.jetstream import TENANT_ID_RULE, validate_tenant
 from alertwarden.sources.lines import DEFAULT_MAX_LINE_BYTES
 from alertwarden.store.base import StateStore
 from alertwarden.store.migrate import migrate as run_migrations
@@ -139,7 +140,9 @@ def run(
     webhook: Annotated[
         list[str] | None, typer.Option("--webhook", help="Also POST each transition as JSON to this URL.")
     ] = None,
-    tenant: Annotated[str, typer.Option("--tenant", help="Tenant id the state is stored under.")] = "default",
+    tenant: Annotated[
+        str, typer.Option("--tenant", help=f"Tenant id the state is stored under: {TENANT_ID_RULE}.")
+    ] = "default",
     history_retention: Annotated[
         str, typer.Option("--history-retention", help="Transition history older than this is deleted.")
     ] = "7d",
@@ -155,6 +158,7 @@ def run(
     options = InputOptions(input_path, fmt, pattern, time_format, year, timezone, max_line_bytes)
     clock_mode = _clock_mode(clock, input_path)
     with _exit_on_error():
+        validate_tenant(tenant, field="--tenant")
         compiled = load_rules_files(rules)
         settings = EngineSettings(clock=clock_mode, max_future_skew_s=parse_duration(max_future_skew))
         sink, remote_sinks = _make_sinks(output, webhook or [])

@@ -81,8 +81,11 @@ def get_logger(name: str) -> Any:
     """Return a structlog logger; pass a module's `__name__` so that `level` applies to it.
 
     Log an event name with key/values: `log.warning("webhook_retry", url=url, attempt=2)`.
+    Events always end in the stdlib logger `name`. Before configure_logging runs, as in a
+    process that uses the stores as a library, they follow stdlib's defaults (WARNING and
+    above on stderr), where structlog's own default would print every level on stdout.
     """
-    return structlog.stdlib.get_logger(name)
+    return structlog.wrap_logger(logging.getLogger(name), wrapper_class=structlog.stdlib.BoundLogger)
 
 
 def _parse_level(option: str, value: str) -> int:

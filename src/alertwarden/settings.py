@@ -176,7 +176,13 @@ class Settings(BaseSettings):
 
 def env_name(location: tuple[int | str, ...]) -> str:
     """Return the environment variable of a field location, such as ALERTWARDEN_INGEST__MAX_EVENTS."""
-    names = [str(part) for part in location if isinstance(part, str)]
+    # A list item's location continues with its index and the item's own fields, as in
+    # ("rule_files", 0, "tenant"), but the whole list is one variable.
+    names: list[str] = []
+    for part in location:
+        if not isinstance(part, str):
+            break
+        names.append(part)
     if not names:
         return f"{ENV_PREFIX}* (settings as a whole)"
     return ENV_PREFIX + NESTED_DELIMITER.join(names).upper()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,11 +17,12 @@ from alertwarden.api.deps import ApiContext, ServiceHooks
 from alertwarden.api.error_handlers import add_error_handlers
 from alertwarden.api.models import Health
 from alertwarden.errors import ConfigError, StoreError
+from alertwarden.logs import get_logger
 from alertwarden.metrics import Metrics
 from alertwarden.sources.jetstream import JetStreamSettings
 from alertwarden.store.postgres import PostgresStore
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MIN_ADMIN_TOKEN_CHARS = 16
 
@@ -103,7 +103,7 @@ def create_app(
             await store.ping()
             checks["store"] = "ok"
         except StoreError as error:
-            log.warning("readiness check failed: %s", error)
+            log.warning("readiness_check_failed", check="store", error=str(error))
             checks["store"] = "unreachable"
         if service is not None:
             checks.update(service.readiness().checks)

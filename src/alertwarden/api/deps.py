@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from alertwarden.api.auth import ADMIN, Principal, admin_digest, digests_equal, secret_digest, split_token
-from alertwarden.api.models import check_tenant_id
+from alertwarden.api.models import TenantId, check_tenant_id
 from alertwarden.store.postgres import PostgresStore
 
 _bearer = HTTPBearer(auto_error=False, description="The admin token or a tenant token.")
@@ -87,7 +87,7 @@ def tenant_not_found(tenant: str) -> HTTPException:
 
 
 async def tenant_scope(
-    tenant: Annotated[str, Path(description="Tenant id: 1-64 characters, no '.', '*', '>', whitespace or NUL.")],
+    tenant: TenantId,
     caller: Annotated[Principal, Depends(principal)],
     api: Annotated[ApiContext, Depends(context)],
 ) -> str:

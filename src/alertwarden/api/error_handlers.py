@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -15,8 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alertwarden.api.models import error_detail
 from alertwarden.errors import InvalidValueError, StoreError
+from alertwarden.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 BODY_PARSE_ERROR = "There was an error parsing the body"
 """Detail of FastAPI's 400 for a JSON body whose decoding raised something other than a
@@ -56,7 +56,7 @@ class ErrorResponse(JSONResponse):
 
 async def _invalid_value(request: Request, error: Exception) -> Response:
     assert isinstance(error, InvalidValueError)
-    log.debug("invalid value on %s %s: %s", request.method, request.url.path, error)
+    log.debug("invalid_value_rejected", method=request.method, path=request.url.path, error=str(error))
     value = error.value
     if not isinstance(value, str | int | float | bool | dict | list | None):
         value = repr(value)
@@ -67,7 +67,7 @@ async def _invalid_value(request: Request, error: Exception) -> Response:
 
 
 async def _store_error(request: Request, error: Exception) -> JSONResponse:
-    log.error("store error on %s %s: %s", request.method, request.url.path, error)
+    log.error("store_failed", method=request.method, path=request.url.path, error=str(error))
     return JSONResponse(
         {"detail": "the state store failed; retry later"}, status_code=503
     )

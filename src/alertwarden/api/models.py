@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import HTTPException
+from fastapi import HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from alertwarden.errors import InvalidValueError
+from alertwarden.errors import ConfigError, InvalidValueError
+from alertwarden.sources.jetstream import TENANT_ID_PATTERN, TENANT_ID_RULE, validate_tenant
 from alertwarden.store.checks import check_json_document
 
-MAX_TENANT_CHARS = 64
 MAX_PAGE_LIMIT = 1000
 DEFAULT_PAGE_LIMIT = 100
-# One NATS subject token: no separator, no wildcard, no whitespace, no NUL.
-_TENANT_FORBIDDEN = re.compile(r"[.*>\s\x00]")
+
+TenantId = Annotated[
+    str,
+    Path(
+        description=f"Tenant id: {TENANT_ID_RULE}.",
+        json_schema_extra={"pattern": f"^{TENANT_ID_PATTERN.pattern}$"},
+    ),
+]
+"""The tenant path parameter. The pattern only documents it: check_tenant_id validates it, so an
+invalid id gets the same message as in the settings and on the command line."""
 
 
 class RequestBody(BaseModel):
@@ -142,15 +149,11 @@ def unprocessable(location: list[str | int], message: str, value: object) -> HTT
 
 
 def check_tenant_id(tenant: str) -> str:
-    """Return the tenant id if it is one subject token of at most MAX_TENANT_CHARS characters."""
-    if not tenant or len(tenant) > MAX_TENANT_CHARS or _TENANT_FORBIDDEN.search(tenant):
-        raise unprocessable(
-            ["path", "tenant"],
-            f"invalid tenant id {tenant!r}: use 1-{MAX_TENANT_CHARS} characters without"
-            " '.', '*', '>', whitespace or NUL",
-            tenant,
-        )
-    return tenant
+    """Return the path's tenant id when validate_tenant accepts it; raise 422 otherwise."""
+    try:
+        return validate_tenant(tenant)
+    except ConfigError as error:
+        raise unprocessable(["path", "tenant"], str(error), tenant) from None
 
 
 def rfc3339(moment: datetime | None) -> str | None:

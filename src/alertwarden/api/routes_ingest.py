@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -17,10 +16,11 @@ from alertwarden.api.deps import TenantScope
 from alertwarden.api.models import unprocessable
 from alertwarden.errors import EventError
 from alertwarden.events import Signal
+from alertwarden.logs import get_logger
 from alertwarden.sources.jsonl import JsonParser, OcsfParser
 from alertwarden.sources.jetstream import JetStreamSettings, ensure_stream, publish_events, tenant_subjects
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_MAX_EVENTS = 1000
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -218,8 +218,11 @@ async def ingest_events(
         # deleted, so the next request checks it again.
         ingest.ensured_tenants.discard(tenant)
         log.error(
-            "ingest publish failed for tenant %s after %d of %d events: %r",
-            tenant, accepted + duplicates, len(events), error,
+            "ingest_publish_failed",
+            tenant=tenant,
+            published=accepted + duplicates,
+            events=len(events),
+            error=repr(error),
         )
         raise HTTPException(503, "JetStream did not store the events; retry later") from None
     return IngestResult(accepted=accepted, duplicates=duplicates)

@@ -27,6 +27,7 @@ from alertwarden.errors import InvalidValueError, RuleError
 from alertwarden.rules import RuleDefinition, RuleFieldErrors, compile_rule
 from alertwarden.rules.model import ID_PATTERN
 from alertwarden.store.checks import check_json_document
+from alertwarden.store.postgres import RuleDeletion
 
 _SCOPED: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, invalid or revoked token."},
@@ -156,11 +157,32 @@ async def put_rule(
     summary="Delete one rule",
     status_code=204,
     response_class=Response,
-    responses={**_SCOPED, 204: {"description": "The rule is deleted; its state goes at the next sweep."}},
+    responses={
+        **_SCOPED,
+        204: {"description": "The rule is deleted; its state goes at the next sweep."},
+        412: {"description": "If-Match does not name the stored version; nothing was deleted."},
+    },
 )
-async def delete_rule(tenant: TenantScope, rule_id: RuleId, api: Api) -> Response:
-    if not await api.store.delete_rule_definition(tenant, rule_id):
+async def delete_rule(
+    tenant: TenantScope,
+    rule_id: RuleId,
+    api: Api,
+    if_match: Annotated[
+        str | None,
+        Header(description='Stored version, such as "3". Without it the rule is deleted at any version.'),
+    ] = None,
+) -> Response:
+    outcome = await api.store.delete_rule_definition(
+        tenant, rule_id, expected_version=_parse_if_match(if_match)
+    )
+    if outcome is RuleDeletion.NOT_FOUND:
         raise not_found(f"rule {rule_id!r} of tenant {tenant!r}")
+    if outcome is RuleDeletion.VERSION_MISMATCH:
+        raise HTTPException(
+            412,
+            f"rule {rule_id!r} is not at version {if_match}: read it again and retry with the"
+            " new ETag",
+        )
     api.rules_changed()
     return Response(status_code=204)
 

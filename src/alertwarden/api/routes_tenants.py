@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Path, Response
+from fastapi import APIRouter, Body, HTTPException, Response
 
 from alertwarden.api.auth import issue_token
 from alertwarden.api.deps import AdminScope, Api, Caller, TenantScope, not_found
@@ -13,6 +13,7 @@ from alertwarden.api.models import (
     FeatureBody,
     IssuedTokenOut,
     Tenant,
+    TenantId,
     TokenList,
     TokenOut,
     TokenRequest,
@@ -44,7 +45,7 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
     },
 )
 async def put_tenant(
-    tenant: Annotated[str, Path(description="Tenant id: 1-64 characters, no '.', '*', '>', whitespace or NUL.")],
+    tenant: TenantId,
     caller: Caller,
     api: Api,
     response: Response,

@@ -16,10 +16,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from alertwarden.errors import RuleError
+from alertwarden.errors import ConfigError, RuleError
 from alertwarden.logs import get_logger
 from alertwarden.rules import CompiledRule, RuleDefinition, compile_rule, load_rules_file
 from alertwarden.settings import RuleFile
+from alertwarden.sources.jetstream import validate_tenant
 from alertwarden.store.postgres import PostgresStore
 
 log = get_logger(__name__)
@@ -57,6 +58,7 @@ class RuleCatalog:
     """(tenant, rule id) -> the problem of its current stored definition."""
     _compiled: dict[tuple[str, str], tuple[int, str, CompiledRule]] = field(default_factory=dict)
     _file_stamps: dict[str, tuple[int, int] | None] = field(default_factory=dict)
+    _invalid_tenants: set[str] = field(default_factory=set)
 
     def definition_entry(self, rule: CompiledRule) -> dict[str, Any]:
         """Return the rule as the API stores it: field names as in a rule file."""
@@ -113,6 +115,8 @@ class RuleCatalog:
         groups: dict[GroupId, list[tuple[str, int, CompiledRule]]] = defaultdict(list)
         seen: set[tuple[str, str]] = set()
         for tenant, rule_group, rule_id, definition, version in rows:
+            if not self._usable_tenant(tenant):
+                continue
             key = (tenant, rule_id)
             seen.add(key)
             compiled = self._compile(tenant, rule_group, rule_id, definition, version)
@@ -131,6 +135,25 @@ class RuleCatalog:
             )
             for group_id, entries in sorted(groups.items())
         }
+
+    def _usable_tenant(self, tenant: str) -> bool:
+        """Return False, logging it once, for a tenant id stored before ids were restricted.
+
+        Such a tenant's subjects cannot be built, so its evaluator would fail at every restart.
+        """
+        try:
+            validate_tenant(tenant)
+        except ConfigError as error:
+            if tenant not in self._invalid_tenants:
+                self._invalid_tenants.add(tenant)
+                log.error(
+                    "tenant_not_evaluated",
+                    tenant=tenant,
+                    error=str(error),
+                    note="create the tenant again under a valid id and move its rules there",
+                )
+            return False
+        return True
 
     def _compile(
         self, tenant: str, rule_group: str, rule_id: str, definition: Any, version: int

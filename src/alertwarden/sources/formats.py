@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import tzinfo
 from typing import Protocol, runtime_checkable
 
 from alertwarden.errors import ConfigError

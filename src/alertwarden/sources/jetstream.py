@@ -135,20 +135,26 @@ def _check_pattern(name: str, pattern: str) -> None:
             )
 
 
-def validate_tenant(tenant: str) -> str:
-    """Return `tenant` when it is usable as one subject token; raise ConfigError otherwise."""
-    if not isinstance(tenant, str) or not tenant:
-        raise ConfigError(f"invalid tenant id {tenant!r}: use a non-empty string")
+# A tenant id becomes a NATS subject token, a metric label value, a key in every store and a URL
+# path segment. ASCII letters, digits, '_' and '-' need no escaping in any of them. The first
+# character excludes '_', which starts the "_other" label of unknown tenants, and '-', which a
+# command line would read as an option.
+TENANT_ID_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_TENANT_LENGTH - 1}}}")
+TENANT_ID_RULE = (
+    f"1-{MAX_TENANT_LENGTH} ASCII letters, digits, '_' or '-', starting with a letter or digit"
+)
+
+
+def validate_tenant(tenant: str, field: str = "tenant id") -> str:
+    """Return `tenant` when it matches TENANT_ID_PATTERN; raise ConfigError naming `field` otherwise."""
+    if not isinstance(tenant, str):
+        raise ConfigError(f"invalid {field} {tenant!r}: use a string of {TENANT_ID_RULE}")
     if len(tenant) > MAX_TENANT_LENGTH:
         raise ConfigError(
-            f"invalid tenant id {tenant!r}: it is {len(tenant)} characters long, over the limit of "
-            f"{MAX_TENANT_LENGTH}"
+            f"invalid {field} {tenant!r}: it has {len(tenant)} characters. Use {TENANT_ID_RULE}"
         )
-    if _FORBIDDEN_TOKEN_CHARS.search(tenant):
-        raise ConfigError(
-            f"invalid tenant id {tenant!r}: a tenant id is one NATS subject token, so it cannot "
-            "contain '.', '*', '>' or whitespace"
-        )
+    if TENANT_ID_PATTERN.fullmatch(tenant) is None:
+        raise ConfigError(f"invalid {field} {tenant!r}: use {TENANT_ID_RULE}")
     return tenant
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -23,8 +22,9 @@ from importlib import resources
 import psycopg
 
 from alertwarden.errors import StoreError
+from alertwarden.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MIGRATION_LOCK_KEY = 0x616C_6572_7477_6400
 """Key of the advisory lock that serialises migration runs (the ASCII bytes of "alertwd\\0")."""
@@ -120,7 +120,7 @@ async def migrate(
                 applied.append(version)
     except psycopg.Error as exc:
         raise StoreError(f"PostgreSQL migration failed: {exc}") from exc
-    log.info("postgres migrations done: applied=%s", applied)
+    log.info("postgres_migrations_done", applied=applied)
     return applied
 
 
@@ -170,7 +170,7 @@ async def _apply_next(
             "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
             (version, file.name, file.checksum),
         )
-    log.info("postgres migration applied: version=%d name=%s", version, file.name)
+    log.info("postgres_migration_applied", version=version, name=file.name)
     return version
 
 

@@ -11,7 +11,7 @@ the migration chose from alertwarden_settings.
 
 from __future__ import annotations
 
-import logging
+import enum
 import math
 import struct
 import sys
@@ -39,6 +39,7 @@ from alertwarden.engine.records import (
 )
 from alertwarden.cluster.leases import FENCE_HELD, Fence, LeaseLostError, fence_params
 from alertwarden.errors import StoreError
+from alertwarden.logs import get_logger
 from alertwarden.store.base import HistoryRecord, StoredState
 from alertwarden.store.checks import (
     INT64_MAX,
@@ -55,7 +56,7 @@ from alertwarden.store.checks import (
     preview,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 HISTORY_LIMIT_MAX = 10_000
 """Upper bound on the rows one history() call returns, whatever `limit` the caller passes."""
@@ -237,6 +238,15 @@ class SyncReport:
     disabled: int
 
 
+class RuleDeletion(enum.Enum):
+    """Outcome of delete_rule_definition()."""
+
+    DELETED = "deleted"
+    NOT_FOUND = "not_found"
+    VERSION_MISMATCH = "version_mismatch"
+    """The rule exists at a version other than the expected one, and was not deleted."""
+
+
 @dataclass(frozen=True, slots=True)
 class SweepReport:
     """Rows that one sweep() call deleted."""
@@ -329,9 +339,9 @@ class PostgresStore:
             await pool.close()
             raise
         log.info(
-            "postgres store opened: history_backend=%s pool_max=%d",
-            self._settings.history_backend,
-            self._pool_max,
+            "postgres_store_opened",
+            history_backend=self._settings.history_backend,
+            pool_max=self._pool_max,
         )
 
     async def _check_reachable(self) -> None:
@@ -357,7 +367,7 @@ class PostgresStore:
         pool, self._pool = self._pool, None
         with _translate_errors("close"):
             await pool.close()
-        log.info("postgres store closed")
+        log.info("postgres_store_closed")
 
     async def _read_settings(self) -> StoreSettings:
         async with self._transaction("open") as conn:
@@ -602,10 +612,10 @@ class PostgresStore:
             dropped = tuple(name for (name,) in await cursor.fetchall())
         if created or dropped:
             log.info(
-                "history partitions maintained: created=%s dropped=%s dropped_rows=%d",
-                list(created),
-                list(dropped),
-                dropped_rows,
+                "history_partitions_maintained",
+                created=list(created),
+                dropped=list(dropped),
+                dropped_rows=dropped_rows,
             )
         return MaintenanceReport(created, dropped, dropped_rows)
 
@@ -780,7 +790,7 @@ class PostgresStore:
             cursor = await conn.execute(_SWEEP_CHECKPOINTS)
             checkpoint_rows = cursor.rowcount
         if state_rows or checkpoint_rows:
-            log.info("state swept: rule_state_rows=%d checkpoint_rows=%d", state_rows, checkpoint_rows)
+            log.info("state_swept", rule_state_rows=state_rows, checkpoint_rows=checkpoint_rows)
         return SweepReport(rule_state_rows=state_rows, checkpoint_rows=checkpoint_rows)
 
     # ------------------------------------------------------------ plumbing
@@ -971,19 +981,37 @@ class PostgresStore:
             row = await cursor.fetchone()
         return None if row is None else int(row[0])
 
-    async def delete_rule_definition(self, tenant: str, rule_id: str) -> bool:
-        """Delete a rule definition; return False when the tenant has no rule of that id.
+    async def delete_rule_definition(
+        self, tenant: str, rule_id: str, expected_version: int | None = None
+    ) -> RuleDeletion:
+        """Delete a rule definition, only while its version equals `expected_version` if given.
 
-        The rule's group state stays until sweep() removes it.
+        The version check is part of the DELETE statement, which re-reads the row after any
+        concurrent writer of the rule commits, so a rule that a concurrent put_api_rule moved to
+        another version is never deleted. The rule's group state stays until sweep() removes it.
         """
         check_text("tenant", tenant)
         check_text("rule_id", rule_id)
+        clause: LiteralString = "" if expected_version is None else " AND version = %s"
+        params: list[Any] = [tenant, rule_id]
+        if expected_version is not None:
+            params.append(check_int("expected_version", expected_version, 0, _INT32_MAX))
         async with self._transaction("delete_rule_definition") as conn:
             cursor = await conn.execute(
-                "DELETE FROM rule_definitions WHERE tenant_id = %s AND rule_id = %s",
+                "DELETE FROM rule_definitions WHERE tenant_id = %s AND rule_id = %s" + clause,
+                params,
+            )
+            if cursor.rowcount == 1:
+                return RuleDeletion.DELETED
+            if expected_version is None:
+                return RuleDeletion.NOT_FOUND
+            # The DELETE above has decided. This SELECT only picks which failure to report.
+            cursor = await conn.execute(
+                "SELECT 1 FROM rule_definitions WHERE tenant_id = %s AND rule_id = %s",
                 (tenant, rule_id),
             )
-            return cursor.rowcount == 1
+            found = await cursor.fetchone() is not None
+        return RuleDeletion.VERSION_MISMATCH if found else RuleDeletion.NOT_FOUND
 
     async def rule_groups_page(
         self, tenant: str, rule_id: str, *, after: tuple[str, str] | None, limit: int

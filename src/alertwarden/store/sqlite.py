@@ -8,7 +8,6 @@ coroutines never interleave statements on the one shared connection.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import sqlite3
 import struct
@@ -29,6 +28,7 @@ from alertwarden.engine.records import (
     Transition,
 )
 from alertwarden.errors import StoreError
+from alertwarden.logs import get_logger
 from alertwarden.store.base import HistoryRecord, StoredState
 from alertwarden.store.checks import (
     PREVIEW_CHARS,
@@ -44,7 +44,7 @@ from alertwarden.store.checks import (
 )
 from alertwarden.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 HISTORY_LIMIT_MAX = 10_000
 """Upper bound on the rows one history() call returns, whatever `limit` the caller passes."""
@@ -159,10 +159,10 @@ class SQLiteStore:
             raise
         self._conn = conn
         log.info(
-            "state store opened: path=%s schema_version=%d migrations_applied=%d",
-            self._path,
-            SCHEMA_VERSION,
-            applied,
+            "state_store_opened",
+            path=self._path,
+            schema_version=SCHEMA_VERSION,
+            migrations_applied=applied,
         )
 
     async def close(self) -> None:
@@ -175,7 +175,7 @@ class SQLiteStore:
                 conn.close()
         finally:
             self._release_lock()
-        log.info("state store closed: path=%s", self._path)
+        log.info("state_store_closed", path=self._path)
 
     async def load(self, tenant: str, rule_group: str) -> StoredState:
         """Return every stored group snapshot of the rule group, by rule id, and its checkpoint."""
@@ -419,7 +419,7 @@ def _configure(conn: sqlite3.Connection, path: str) -> None:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode != "wal" and path != ":memory:":
         # Rollback-journal mode is still atomic, but readers then block the writer.
-        log.warning("state store could not enable WAL: path=%s journal_mode=%s", path, mode)
+        log.warning("state_store_wal_not_enabled", path=path, journal_mode=mode)
     # With WAL, NORMAL syncs at WAL checkpoints, not at every commit (SQLite docs, PRAGMA
     # synchronous). A committed transaction survives a killed process, but a power loss or OS
     # crash can lose the last commits, though never leave a partial one. synchronous = FULL
@@ -436,7 +436,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
         # The error that caused the rollback matters more, so it is the one that propagates.
-        log.error("state store rollback failed: error=%s", exc)
+        log.error("state_store_rollback_failed", error=str(exc))
 
 
 @contextmanager
