@@ -14,6 +14,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType
 
@@ -96,15 +97,46 @@ async def read_count(source: JetStreamInput, count: int) -> list[StreamRecord]:
     return records
 
 
-def test_validate_tenant_accepts_token() -> None:
-    assert validate_tenant("acme-1_prod") == "acme-1_prod"
+TENANT_RULE = "1-64 ASCII letters, digits, '_' or '-', starting with a letter or digit"
 
 
-@pytest.mark.parametrize("tenant", ["", "a.b", "a*", ">", "a b", "a\tb", "x" * 65])
+@pytest.mark.parametrize("tenant", ["acme-1_prod", "A", "0", "9lives", "a-", "b_", "x" * 64])
+def test_validate_tenant_accepts(tenant: str) -> None:
+    assert validate_tenant(tenant) == tenant
+
+
+@pytest.mark.parametrize(
+    "tenant",
+    [
+        "", "a.b", "a*", ">", "a b", "a\tb", "a\x00b", "acme\n", "café", "\uff21cme", "a\u0661",
+        "a:b", "a/b", "a@b", "a+b", "-acme", "_acme", "a\u200bb",
+    ],
+)
 def test_validate_tenant_rejects(tenant: str) -> None:
     with pytest.raises(ConfigError) as caught:
         validate_tenant(tenant)
-    assert repr(tenant) in str(caught.value)
+    assert str(caught.value) == f"invalid tenant id {tenant!r}: use {TENANT_RULE}"
+
+
+def test_validate_tenant_rejects_long() -> None:
+    tenant = "x" * 65
+    with pytest.raises(ConfigError) as caught:
+        validate_tenant(tenant)
+    assert str(caught.value) == (
+        f"invalid tenant id {tenant!r}: it has 65 characters. Use {TENANT_RULE}"
+    )
+
+
+def test_validate_tenant_names_field() -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_tenant("café", field="--tenant")
+    assert str(caught.value) == f"invalid --tenant 'café': use {TENANT_RULE}"
+
+
+def test_validate_tenant_rejects_non_string() -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_tenant(7)  # type: ignore[arg-type]
+    assert str(caught.value).startswith("invalid tenant id 7: use a string of 1-64 ASCII letters")
 
 
 def test_tenant_subjects_rejects_bad_tenant() -> None:
@@ -293,7 +325,10 @@ async def test_input_recreates_lost_consumer(server: Server) -> None:
     sequences = await publish(server, "acme", Signal.LOGS, payloads)
 
     async with JetStreamInput(server.js, server.settings, "acme", 0) as source:
+        # A fetch returns what has arrived so far, which may be less than one whole batch.
         first = await source.fetch_batch()
+        while len(first) < 4:
+            first += await source.fetch_batch()
         # A server restart drops ephemeral consumers; deleting it has the same effect here.
         assert source._consumer is not None
         await server.js.delete_consumer(server.settings.stream, source._consumer)
@@ -367,3 +402,67 @@ def test_parse_reply_forms(reply: str, expected: tuple[int, float]) -> None:
 @pytest.mark.parametrize("reply", ["", "_INBOX.abc", "$JS.ACK.S.C.1.x.7.9.0", "$JS.API.X.1.2.3.4.5.6"])
 def test_parse_reply_rejects_other_subjects(reply: str) -> None:
     assert parse_reply(reply) is None
+
+
+# ------------------------------------------------------------ batch acceptance, no server
+
+
+def delivered(subject: str, reply: str, data: bytes = b"{}", msg_id: str | None = None) -> Msg:
+    headers = {MSG_ID_HEADER: msg_id} if msg_id is not None else None
+    return Msg(_client=None, subject=subject, reply=reply, data=data, headers=headers)  # type: ignore[arg-type]
+
+
+def ack(sequence: int, nanoseconds: int = 1_700_000_000_500_000_000) -> str:
+    return f"$JS.ACK.AW.c1.1.{sequence}.{sequence}.{nanoseconds}.0"
+
+
+def offline_input(max_message_bytes: int = 64) -> JetStreamInput:
+    settings = JetStreamSettings(logs_subject="p.logs.{tenant}.>", events_subject="p.events.{tenant}.>")
+    return JetStreamInput(
+        None,  # type: ignore[arg-type]
+        settings,
+        "acme",
+        5,
+        signals=(Signal.LOGS, Signal.EVENTS),
+        max_message_bytes=max_message_bytes,
+    )
+
+
+BATCH = [
+    delivered("p.logs.acme.ingest", ack(5)),
+    delivered("p.logs.acme.ingest", ack(6), msg_id="ev-6"),
+    # A consumer re-created at an earlier sequence delivers this again.
+    delivered("p.logs.acme.ingest", ack(4)),
+    delivered("p.logs.acme.ingest", "$JS.ACK.hub.ACCHASH.AW.c1.1.7.7.1700000000700000000.0.rnd"),
+    delivered("p.logs.globex.ingest", ack(8)),
+    delivered("p.logs.acme.ingest", ack(9), data=b"x" * 65),
+    delivered("p.events.acme.ingest", ack(10)),
+    delivered("p.logs.acme.ingest", "_INBOX.abc"),
+    delivered("p.logs.acme.ingest", "$JS.ACK.AW.c1.1.x11.11.1700000001000000000.0"),
+    delivered("p.logs.acme.ingest", ack(12), msg_id="ev-12"),
+]
+
+
+def test_accept_all_matches_accept_per_message() -> None:
+    batched = offline_input()
+    single = offline_input()
+
+    records = batched._accept_all(BATCH)
+    expected = [record for message in BATCH if (record := single._accept(message)) is not None]
+
+    assert records == expected
+    assert [type(record) for record in records] == [
+        StreamMessage,
+        StreamMessage,
+        StreamMessage,
+        OversizedMessage,
+        StreamMessage,
+        StreamMessage,
+    ]
+    assert [record.offset for record in records] == [5, 6, 7, 9, 10, 12]
+    assert [record.signal for record in records] == [Signal.LOGS] * 4 + [Signal.EVENTS, Signal.LOGS]
+    assert records[1].msg_id == "ev-6" and records[5].msg_id == "ev-12"
+    assert records[0].stored_at == pytest.approx(1_700_000_000.5)
+    assert records[2].stored_at == pytest.approx(1_700_000_000.7)
+    assert (batched.next_sequence, batched.other_subject_messages, batched.oversized_messages) == (13, 1, 1)
+    assert (single.next_sequence, single.other_subject_messages, single.oversized_messages) == (13, 1, 1)
