@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 import psycopg
 import pytest
 
-from alertwarden.cluster.leases import Fence, LeaseHolder, LeaseLostError, lease_key
+from alertwarden.cluster.leases import Fence, LeaseHolder, LeaseLostError, fair_share, lease_key
 from alertwarden.engine.records import Checkpoint, FlushBatch
 from alertwarden.store.postgres import PostgresStore
 from test_store_postgres import transition
@@ -43,6 +45,39 @@ def test_fence_lock_ids_split_the_key() -> None:
     fence = Fence(key=-1, backend_pid=1)
     assert fence.lock_ids == (0xFFFF_FFFF, 0xFFFF_FFFF)
     assert Fence(key=(5 << 32) | 7, backend_pid=1).lock_ids == (5, 7)
+
+
+def test_fair_share_rounds_up() -> None:
+    assert fair_share(10, 3) == 4
+    assert fair_share(4, 2) == 2
+    assert fair_share(1, 4) == 1
+    assert fair_share(0, 3) == 0
+    # No node counted (a query racing the session's start) is one node: this one.
+    assert fair_share(5, 0) == 5
+
+
+async def test_live_nodes_counts_lease_sessions(pg_database_factory: Callable[[], str]) -> None:
+    url = pg_database_factory()
+    first, second = LeaseHolder(url), LeaseHolder(url)
+    await first.open()
+    try:
+        assert await first.live_nodes() == 1
+        await second.open()
+        # Leases are locks too, but of one bigint key, which the count leaves out.
+        assert await first.try_acquire(group()) is not None
+        assert await second.try_acquire(group()) is not None
+        assert await first.live_nodes() == 2
+        assert await second.live_nodes() == 2
+
+        await second.close()
+        deadline = time.monotonic() + 10
+        while await first.live_nodes() != 1:
+            assert time.monotonic() < deadline, "the closed session still counts as a node"
+            await asyncio.sleep(0.01)
+    finally:
+        await first.close()
+        await second.close()
+    assert await first.live_nodes() is None
 
 
 async def test_lease_one_holder(pg_store_url: str) -> None:

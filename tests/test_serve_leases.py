@@ -133,6 +133,71 @@ def test_serve_two_nodes_share_and_take_over(
                 node.kill()
 
 
+def matched_events(node: ServeProcess, tenant: str) -> float:
+    prefix = f'alertwarden_events_total{{result="matched",tenant="{tenant}"}} '
+    for line in node.client().get("/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return 0.0
+
+
+def test_serve_second_node_takes_its_share(
+    tmp_path: Path, pg_url: str, names: ServeNames, webhook: WebhookReceiver
+) -> None:
+    nodes = [start_serve(tmp_path, pg_url, names, name="node0", ALERTWARDEN_WEBHOOK_URLS=webhook.url)]
+    try:
+        admin = nodes[0].client()
+        for tenant in TENANTS:
+            assert admin.put(f"/v1/tenants/{tenant}").status_code in (200, 201)
+            assert admin.put(f"/v1/tenants/{tenant}/rules/logins", json=RULE).status_code == 200
+            flag = admin.put(f"/v1/tenants/{tenant}/features/stateful-rules", json={"enabled": True})
+            assert flag.status_code == 200
+        wait_until(lambda: all(owners(nodes)[t] == [0] for t in TENANTS), 30, "node0 to run every rule group")
+        assert "alertwarden_live_nodes 1.0" in admin.get("/metrics").text
+
+        # Two of the three events that fire, counted by node0 before the second node starts.
+        for tenant in TENANTS:
+            publish(names.logs_subject_of(tenant), ["db-01"] * 2, f"{tenant}-a")
+        wait_until(
+            lambda: all(matched_events(nodes[0], t) == 2 for t in TENANTS), 30, "node0 to count the events"
+        )
+
+        nodes.append(start_serve(tmp_path, pg_url, names, name="node1", ALERTWARDEN_WEBHOOK_URLS=webhook.url))
+
+        def settled() -> dict[str, list[int]] | None:
+            found = owners(nodes)
+            if not all(len(found[tenant]) == 1 for tenant in TENANTS):
+                return None
+            per_node = sorted(sum(found[t] == [i] for t in TENANTS) for i in range(2))
+            return found if per_node == [2, 2] else None
+
+        found = wait_until(settled, 40, "two rule groups per node")
+        moved = [tenant for tenant in TENANTS if found[tenant] == [1]]
+        assert "alertwarden_live_nodes 2.0" in nodes[1].client().get("/metrics").text
+        assert "alertwarden_leases_held 2.0" in nodes[0].client().get("/metrics").text
+
+        for tenant in TENANTS:
+            publish(names.logs_subject_of(tenant), ["db-01"], f"{tenant}-b")
+        wait_until(lambda: len(webhook.bodies()) >= len(TENANTS), 30, "one alert per tenant")
+        time.sleep(2)
+
+        # node0 handed its rule groups over with a final flush, so node1 resumed with the count of
+        # 2 and neither lost nor repeated an event: exactly one alert per tenant, at count 3.
+        assert sorted(body["tenant"] for body in webhook.bodies()) == sorted(TENANTS)
+        for tenant in TENANTS:
+            assert history(nodes[found[tenant][0]], tenant) == [("fired", "db-01", 3)]
+        for tenant in moved:
+            assert matched_events(nodes[1], tenant) == 1
+        assert "lease_handed_over" in nodes[0].log_path.read_text()
+        for node in nodes:
+            assert node.terminate() == 0
+    finally:
+        for node in nodes:
+            node.close_clients()
+            if node.process is not None and node.process.poll() is None:
+                node.kill()
+
+
 def test_readyz_reports_leases(tmp_path: Path, pg_url: str, names: ServeNames) -> None:
     node = start_serve(tmp_path, pg_url, names)
     try:

@@ -104,6 +104,11 @@ class Metrics:
             "Active rule groups whose lease another node holds.",
             registry=registry,
         )
+        self.live_nodes = Gauge(
+            "alertwarden_live_nodes",
+            "Nodes with an open lease session on this database, this one included, at the last rules poll.",
+            registry=registry,
+        )
         self.store_ready = Gauge(
             "alertwarden_store_ready",
             "1 while the store accepts a rule group's writes, 0 while state lives only in memory.",

@@ -33,6 +33,25 @@ SERVER_KEEPALIVE = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tc
 
 GroupId = tuple[str, str]
 
+NODE_LOCK_CLASS = 0x4157_4E44
+"""First key of every node's presence lock, `pg_advisory_lock(NODE_LOCK_CLASS, backend pid)`.
+
+pg_locks lists a lock of two integer keys with objsubid 2 and a bigint lease with objsubid 1,
+so the presence locks can be counted apart from the leases."""
+
+LIVE_NODES = """SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid::bigint = %s
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+
+
+def fair_share(rule_groups: int, nodes: int) -> int:
+    """Return how many rule groups one of `nodes` nodes should hold at most: the rounded-up mean.
+
+    Every node below its share takes free rule groups and every node above it hands the excess
+    over, so the nodes end within one rule group of each other and every rule group has a node.
+    """
+    return -(-rule_groups // max(nodes, 1))
+
 
 class LeaseLostError(StoreError):
     """A write rejected because this node no longer holds the rule group's lease."""
@@ -103,6 +122,11 @@ class LeaseHolder:
                 await self._conn.execute(
                     sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
                 )
+            # Ends with the session, like the leases, so the other nodes count this one only
+            # while it can hold leases.
+            await self._conn.execute(
+                "SELECT pg_advisory_lock(%s, %s)", (NODE_LOCK_CLASS, self._conn.info.backend_pid)
+            )
         except psycopg.Error as error:
             await self.close()
             raise StoreError(f"PostgreSQL lease connection failed: {type(error).__name__}: {error}") from None
@@ -160,6 +184,23 @@ class LeaseHolder:
             await self._lost(error)
             return False
         return True
+
+    async def live_nodes(self) -> int | None:
+        """Count the nodes whose lease session is open on this database, this one included.
+
+        Returns None when the lease session is lost.
+        """
+        if not self.connected:
+            return None
+        assert self._conn is not None
+        try:
+            async with asyncio.timeout(LEASE_CHECK_TIMEOUT_S):
+                cursor = await self._conn.execute(LIVE_NODES, (NODE_LOCK_CLASS,))
+                row = await cursor.fetchone()
+        except (psycopg.Error, TimeoutError) as error:
+            await self._lost(error)
+            return None
+        return max(1, int(row[0])) if row is not None else 1
 
     async def close(self) -> None:
         """End the lease session, which releases every lease of this node."""

@@ -30,7 +30,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from alertwarden.api.app import MIN_ADMIN_TOKEN_CHARS, create_app
-from alertwarden.cluster.leases import LeaseHolder
+from alertwarden.cluster.leases import LeaseHolder, fair_share
 from alertwarden.errors import ConfigError, StoreError
 from alertwarden.logs import RateLimitedLog, get_logger
 from alertwarden.metrics import Metrics
@@ -212,7 +212,15 @@ class Service:
         self.rules_loaded = True
 
         changed = await self._stop_unwanted_workers(desired)
-        changed = await self._start_wanted_workers(desired) or changed
+        assert self.leases is not None
+        nodes = await self.leases.live_nodes()
+        if nodes is None:
+            # The lease session is gone; the next poll abandons the evaluators and reconnects.
+            return
+        self.metrics.live_nodes.set(nodes)
+        share = fair_share(len(desired), nodes)
+        await self._hand_over_excess(share, nodes)
+        changed = await self._start_wanted_workers(desired, share) or changed
         if changed:
             try:
                 await self.store.sweep()  # type: ignore[union-attr]
@@ -237,8 +245,34 @@ class Service:
             changed = True
         return changed
 
-    async def _start_wanted_workers(self, desired: dict[GroupId, GroupSpec]) -> bool:
-        """Start or restart the workers of rule groups whose lease this node can take."""
+    async def _hand_over_excess(self, share: int, nodes: int) -> None:
+        """Stop the evaluators this node runs beyond its share, so nodes below it take them over.
+
+        Each stops as on SIGTERM, with its final flush, so the next node resumes at that
+        checkpoint and replays nothing.
+        """
+        leases = self.leases
+        assert leases is not None
+        excess = len(self.workers) - share
+        if excess <= 0:
+            return
+        for group_id in sorted(self.workers)[-excess:]:
+            await self._stop_worker(group_id, reason="handed over to balance the nodes")
+            await leases.release(group_id)
+            log.info(
+                "lease_handed_over",
+                tenant=group_id[0],
+                rule_group=group_id[1],
+                nodes=nodes,
+                share=share,
+            )
+
+    async def _start_wanted_workers(self, desired: dict[GroupId, GroupSpec], share: int) -> bool:
+        """Start or restart the workers of rule groups whose lease this node can take.
+
+        A node that runs `share` rule groups takes no more, which leaves the others to nodes
+        below their share.
+        """
         leases = self.leases
         assert leases is not None and self._worker_config is not None
         changed = False
@@ -247,6 +281,9 @@ class Service:
         for group_id, spec in desired.items():
             current = self.specs.get(group_id)
             if current is not None and current.versions == spec.versions:
+                continue
+            if group_id not in self.workers and len(self.workers) >= share:
+                elsewhere[group_id] = spec
                 continue
             fence = await leases.try_acquire(group_id)
             if fence is None:
