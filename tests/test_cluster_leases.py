@@ -10,8 +10,18 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from alertwarden.cluster.leases import Fence, LeaseHolder, LeaseLostError, fair_share, lease_key
+from alertwarden.cluster.leases import (
+    BUMP_EPOCH,
+    FENCE_HELD,
+    Fence,
+    LeaseHolder,
+    LeaseLostError,
+    fair_share,
+    fence_params,
+    lease_key,
+)
 from alertwarden.engine.records import Checkpoint, FlushBatch
+from alertwarden.store.migrate import migrate
 from alertwarden.store.postgres import PostgresStore
 from test_store_postgres import transition
 
@@ -58,6 +68,7 @@ def test_fair_share_rounds_up() -> None:
 
 async def test_live_nodes_counts_lease_sessions(pg_database_factory: Callable[[], str]) -> None:
     url = pg_database_factory()
+    await migrate(url, history_backend="partitioned")
     first, second = LeaseHolder(url), LeaseHolder(url)
     await first.open()
     try:
@@ -183,6 +194,79 @@ async def test_transitions_fenced_by_lease(pg_store_url: str) -> None:
         await first.close()
         await second.close()
         await store.close()
+
+
+def bump_epoch(url: str, tenant: str, rule_group: str) -> None:
+    """Take the lease row over as another node's acquisition does, without its advisory lock."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(BUMP_EPOCH, (tenant, rule_group))
+
+
+async def test_writes_fenced_by_epoch(pg_store_url: str) -> None:
+    store = PostgresStore(pg_store_url)
+    await store.open()
+    holder = LeaseHolder(pg_store_url)
+    await holder.open()
+    tenant, rule_group = group()
+    try:
+        fence = await holder.try_acquire((tenant, rule_group))
+        assert fence is not None
+        assert fence.epoch == 1
+        await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(10)), fence=fence)
+
+        # The session still holds its advisory lock, but the epoch in the row belongs to another node.
+        bump_epoch(pg_store_url, tenant, rule_group)
+        with pytest.raises(LeaseLostError):
+            await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(20)), fence=fence)
+        with pytest.raises(LeaseLostError):
+            await store.record_transitions(tenant, rule_group, [transition(at=1_700_000_000.0)], fence=fence)
+        stored = await store.load(tenant, rule_group)
+        assert stored.checkpoint is not None
+        assert stored.checkpoint.offset == 10
+        assert await store.history(tenant) == []
+    finally:
+        await holder.close()
+        await store.close()
+
+
+async def test_takeover_waits_for_write_in_flight(pg_store_url: str) -> None:
+    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
+    await first.open()
+    await second.open()
+    target = group()
+    try:
+        old = await first.try_acquire(target)
+        assert old is not None
+        async with await psycopg.AsyncConnection.connect(pg_store_url) as writer:
+            # A flush of the old holder that passed its fence check and has not committed yet.
+            cursor = await writer.execute("SELECT " + FENCE_HELD, fence_params(old))
+            assert await cursor.fetchone() == (True,)
+            await first.release(target)
+
+            takeover = asyncio.create_task(second.try_acquire(target))
+            deadline = time.monotonic() + 10
+            while not await lock_waits(pg_store_url):
+                assert time.monotonic() < deadline, "the takeover did not wait for the write"
+                await asyncio.sleep(0.01)
+            assert not takeover.done()
+
+            await writer.commit()
+        new = await asyncio.wait_for(takeover, 10)
+        assert new is not None
+        assert new.epoch == old.epoch + 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def lock_waits(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'INSERT INTO rule_group_leases%%'"
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
 
 async def test_acquire_after_lost_session_returns_none(pg_store_url: str) -> None:

@@ -68,10 +68,14 @@ def lease_key(tenant: str, rule_group: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Fence:
-    """The lease of one rule group: the key and the server process of the session holding it."""
+    """The lease of one rule group: the key, the server process of the session holding it, and
+    the epoch of rule_group_leases that taking it set."""
 
     key: int
     backend_pid: int
+    tenant: str = ""
+    rule_group: str = ""
+    epoch: int = 0
 
     @property
     def lock_ids(self) -> tuple[int, int]:
@@ -82,21 +86,51 @@ class Fence:
 
 # pg_locks shows a bigint advisory lock as classid = high 32 bits, objid = low 32 bits and
 # objsubid = 1. The database is compared too, because advisory locks are per database.
-FENCE_HELD = """EXISTS (
+FENCE_HELD = """(EXISTS (
     SELECT 1 FROM pg_locks
     WHERE locktype = 'advisory' AND granted AND pid = %(fence_pid)s
       AND classid::bigint = %(fence_classid)s AND objid::bigint = %(fence_objid)s AND objsubid = 1
       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-)"""
-"""SQL condition, true while the fence's session holds its lock; parameters from fence_params()."""
+) AND EXISTS (
+    SELECT 1 FROM rule_group_leases
+    WHERE tenant_id = %(fence_tenant)s AND rule_group = %(fence_rule_group)s
+      AND epoch = %(fence_epoch)s
+    FOR SHARE
+))"""
+"""SQL condition, true while the fence's session holds its lock and no node took the lease since.
+
+The second part locks the lease row until the transaction ends. A node that takes the lease
+meanwhile updates that row to a new epoch, so it waits for this transaction to commit before
+it loads the state, or this check waits for it and then finds the epoch moved on. Either way
+no write of an earlier holder lands after the new holder loaded the state. Parameters come
+from fence_params()."""
+
+BUMP_EPOCH = """INSERT INTO rule_group_leases (tenant_id, rule_group, epoch) VALUES (%s, %s, 1)
+ON CONFLICT (tenant_id, rule_group) DO UPDATE
+SET epoch = rule_group_leases.epoch + 1, acquired_at = now()
+RETURNING epoch"""
 
 
-def fence_params(fence: Fence | None) -> dict[str, int | None]:
+def fence_params(fence: Fence | None) -> dict[str, int | str | None]:
     """Return the parameters of FENCE_HELD; all None without a fence."""
     if fence is None:
-        return {"fence_pid": None, "fence_classid": None, "fence_objid": None}
+        return {
+            "fence_pid": None,
+            "fence_classid": None,
+            "fence_objid": None,
+            "fence_tenant": None,
+            "fence_rule_group": None,
+            "fence_epoch": None,
+        }
     classid, objid = fence.lock_ids
-    return {"fence_pid": fence.backend_pid, "fence_classid": classid, "fence_objid": objid}
+    return {
+        "fence_pid": fence.backend_pid,
+        "fence_classid": classid,
+        "fence_objid": objid,
+        "fence_tenant": fence.tenant,
+        "fence_rule_group": fence.rule_group,
+        "fence_epoch": fence.epoch,
+    }
 
 
 class LeaseHolder:
@@ -150,7 +184,15 @@ class LeaseHolder:
             return None
         if row is None or not row[0]:
             return None
-        fence = Fence(key, conn.info.backend_pid)
+        try:
+            # Waits for a write of the previous holder that is still in flight (see FENCE_HELD).
+            cursor = await conn.execute(BUMP_EPOCH, group)
+            epoch_row = await cursor.fetchone()
+        except psycopg.Error as error:
+            await self._lost(error)
+            return None
+        assert epoch_row is not None
+        fence = Fence(key, conn.info.backend_pid, group[0], group[1], int(epoch_row[0]))
         self.held[group] = fence
         return fence
 

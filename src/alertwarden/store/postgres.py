@@ -773,6 +773,12 @@ class PostgresStore:
                 "DELETE FROM input_checkpoints WHERE tenant_id = %s AND rule_group = %s",
                 (tenant, rule_group),
             )
+            # No evaluator of the group runs any more, so its lease row goes too; a node that
+            # takes the lease again starts a new row at epoch 1.
+            await conn.execute(
+                "DELETE FROM rule_group_leases WHERE tenant_id = %s AND rule_group = %s",
+                (tenant, rule_group),
+            )
             return states.rowcount + checkpoints.rowcount > 0
 
     async def sweep(self) -> SweepReport:
@@ -1162,10 +1168,7 @@ def _lease_lost(tenant: str, rule_group: str) -> LeaseLostError:
 
 
 async def _check_fence(conn: psycopg.AsyncConnection, tenant: str, rule_group: str, fence: Fence) -> None:
-    # NOTE: checked at the start of the transaction, not at commit. A lease session that ends in
-    # between lets this one write land, and _RECORD_TRANSITIONS has the same gap. The new holder
-    # loaded the previous consistent state, and its next flush replaces these rows, so only a
-    # notification may repeat.
+    # The check locks the lease row until this transaction ends (see FENCE_HELD).
     cursor = await conn.execute("SELECT " + FENCE_HELD, fence_params(fence))
     row = await cursor.fetchone()
     if row is None or not row[0]:

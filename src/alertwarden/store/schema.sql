@@ -210,3 +210,16 @@ COMMENT ON COLUMN api_tokens.created_at IS 'Time the token was created.';
 COMMENT ON COLUMN api_tokens.revoked_at IS 'Time the token was revoked; NULL while it is valid.';
 
 CREATE INDEX api_tokens_tenant ON api_tokens (tenant_id, created_at);
+
+-- Fencing epochs of the serve nodes' leases (migration 0005). A node that takes a rule group's
+-- lease adds one to its epoch; every fenced write locks the row of its own epoch until commit.
+CREATE TABLE rule_group_leases (
+    tenant_id text NOT NULL,
+    rule_group text NOT NULL,
+    epoch bigint NOT NULL CHECK (epoch > 0),
+    acquired_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, rule_group)
+);
+COMMENT ON TABLE rule_group_leases IS 'Fencing epoch of each leased tenant + rule group.';
+COMMENT ON COLUMN rule_group_leases.epoch IS 'Number of times a node took the lease; a write carries the epoch it was taken at.';
+COMMENT ON COLUMN rule_group_leases.acquired_at IS 'Time the current holder took the lease.';
