@@ -348,12 +348,9 @@ class Evaluator:
         self._step = step
         matched_any = False
         for state, certain in dispatch.candidates(fields):
-            if certain:
-                captures = _NO_CAPTURES
-            else:
-                captures = state.rule.match(fields)
-                if captures is None:
-                    continue
+            captures = _NO_CAPTURES if certain else state.rule.match(fields)
+            if captures is None:
+                continue
             matched_any = True
             self._count_for_rule(state, fields, captures, time_s, step, out)
         if not matched_any:
