@@ -388,6 +388,26 @@ def test_serve_second_signal_exits_at_once(
     assert '"event":"stop_forced"' in serve.log_path.read_text()
 
 
+def test_serve_signal_while_starting_stops_gracefully(tmp_path: Path, pg_url: str, names: ServeNames) -> None:
+    import signal
+
+    port = free_port()
+    serve = ServeProcess(serve_env(pg_url, names, port), tmp_path / "starting.log", port)
+    serve.start()
+    try:
+        assert serve.process is not None
+        # The store is open, and the connection to NATS and the API are still to come.
+        wait_until(lambda: '"event":"postgres_store_opened"' in serve.log_path.read_text(), 30, "the store")
+        serve.process.send_signal(signal.SIGTERM)
+        assert serve.process.wait(30) == 0
+        log_text = serve.log_path.read_text()
+        assert '"event":"stop_requested"' in log_text
+        assert '"event":"service_stopping"' in log_text
+    finally:
+        if serve.process is not None and serve.process.poll() is None:
+            serve.kill()
+
+
 def test_serve_stop_timeout_exits(
     serve_factory: Callable[..., ServeProcess], names: ServeNames, unanswered_url: str
 ) -> None:

@@ -106,6 +106,14 @@ class Service:
 
     async def run(self) -> None:
         """Connect, serve the API and evaluate until SIGTERM or SIGINT; then stop gracefully."""
+        # From the first await on, so a SIGTERM while the servers connect also stops gracefully.
+        self._install_signal_handlers()
+        try:
+            await self._run()
+        finally:
+            self._remove_signal_handlers()
+
+    async def _run(self) -> None:
         settings = self.settings
         listener = self._bind()
         self.store = await self._open_store()
@@ -147,7 +155,6 @@ class Service:
             )
             config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False)
             server = _Server(config)
-            self._install_signal_handlers()
             tune_gc()
             api = asyncio.create_task(server.serve(sockets=[listener]), name="api")
             self._api_task = api
@@ -163,7 +170,6 @@ class Service:
                 # The handlers stay during the stop, so a second signal exits at once.
                 await asyncio.shield(self._shutdown(server, remote))
             finally:
-                self._remove_signal_handlers()
                 listener.close()
 
     def request_stop(self) -> None:
