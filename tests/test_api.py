@@ -507,24 +507,34 @@ async def test_rule_delete_if_match(client: httpx.AsyncClient) -> None:
     assert again.status_code == 404
 
 
-async def test_rule_concurrent_delete_put_if_match(client: httpx.AsyncClient) -> None:
+async def race_delete_and_put(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> tuple[list[str], list[httpx.Response], list[httpx.Response]]:
+    """Create 10 rules, then DELETE and PUT each at once; return paths, responses and final reads.
+
+    The responses alternate: the DELETE of rule n at 2n, its PUT at 2n + 1.
+    """
     tenant = await create_tenant(client)
     paths = [f"/v1/tenants/{tenant}/rules/r{n}" for n in range(10)]
     for path in paths:
         await client.put(path, headers=ADMIN, json=RULE)
-    version_1 = {**ADMIN, "If-Match": '"1"'}
 
     responses = await asyncio.gather(
         *(
             request
             for path in paths
             for request in (
-                client.delete(path, headers=version_1),
-                client.put(path, headers=version_1, json={**RULE, "threshold": 9}),
+                client.delete(path, headers=headers),
+                client.put(path, headers=headers, json={**RULE, "threshold": 9}),
             )
         )
     )
     stored = [await client.get(path, headers=ADMIN) for path in paths]
+    return paths, list(responses), stored
+
+
+async def test_rule_concurrent_delete_put_if_match(client: httpx.AsyncClient) -> None:
+    paths, responses, stored = await race_delete_and_put(client, {**ADMIN, "If-Match": '"1"'})
 
     for n, path in enumerate(paths):
         deleted, put = responses[2 * n], responses[2 * n + 1]
@@ -539,22 +549,7 @@ async def test_rule_concurrent_delete_put_if_match(client: httpx.AsyncClient) ->
 
 
 async def test_rule_concurrent_delete_put(client: httpx.AsyncClient) -> None:
-    tenant = await create_tenant(client)
-    paths = [f"/v1/tenants/{tenant}/rules/r{n}" for n in range(10)]
-    for path in paths:
-        await client.put(path, headers=ADMIN, json=RULE)
-
-    responses = await asyncio.gather(
-        *(
-            request
-            for path in paths
-            for request in (
-                client.delete(path, headers=ADMIN),
-                client.put(path, headers=ADMIN, json={**RULE, "threshold": 9}),
-            )
-        )
-    )
-    stored = [await client.get(path, headers=ADMIN) for path in paths]
+    paths, responses, stored = await race_delete_and_put(client, ADMIN)
 
     for n, path in enumerate(paths):
         deleted, put = responses[2 * n], responses[2 * n + 1]

@@ -57,6 +57,15 @@ def statuses(node: ServeProcess, tenant: str) -> str:
     return str(response.json()["health"]["status"])
 
 
+def create_tenants(admin: httpx.Client) -> None:
+    """Create every tenant of TENANTS with the rule `logins` and the stateful-rules flag on."""
+    for tenant in TENANTS:
+        assert admin.put(f"/v1/tenants/{tenant}").status_code in (200, 201)
+        assert admin.put(f"/v1/tenants/{tenant}/rules/logins", json=RULE).status_code == 200
+        flag = admin.put(f"/v1/tenants/{tenant}/features/stateful-rules", json={"enabled": True})
+        assert flag.status_code == 200
+
+
 def owners(nodes: list[ServeProcess]) -> dict[str, list[int]]:
     """Return, per tenant, the indexes of the nodes that evaluate its rule group."""
     return {
@@ -83,11 +92,7 @@ def test_serve_two_nodes_share_and_take_over(
     ]
     try:
         admin = nodes[0].client()
-        for tenant in TENANTS:
-            assert admin.put(f"/v1/tenants/{tenant}").status_code in (200, 201)
-            assert admin.put(f"/v1/tenants/{tenant}/rules/logins", json=RULE).status_code == 200
-            flag = admin.put(f"/v1/tenants/{tenant}/features/stateful-rules", json={"enabled": True})
-            assert flag.status_code == 200
+        create_tenants(admin)
 
         def settled() -> dict[str, list[int]] | None:
             found = owners(nodes)
@@ -147,11 +152,7 @@ def test_serve_second_node_takes_its_share(
     nodes = [start_serve(tmp_path, pg_url, names, name="node0", ALERTWARDEN_WEBHOOK_URLS=webhook.url)]
     try:
         admin = nodes[0].client()
-        for tenant in TENANTS:
-            assert admin.put(f"/v1/tenants/{tenant}").status_code in (200, 201)
-            assert admin.put(f"/v1/tenants/{tenant}/rules/logins", json=RULE).status_code == 200
-            flag = admin.put(f"/v1/tenants/{tenant}/features/stateful-rules", json={"enabled": True})
-            assert flag.status_code == 200
+        create_tenants(admin)
         wait_until(lambda: all(owners(nodes)[t] == [0] for t in TENANTS), 30, "node0 to run every rule group")
         assert "alertwarden_live_nodes 1.0" in admin.get("/metrics").text
 
