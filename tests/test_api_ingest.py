@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 import nats
+import orjson
 import nats.errors
 import pytest
 from nats.aio.client import Client
@@ -19,7 +20,7 @@ from nats.aio.client import Client
 from alertwarden.api import create_app
 from alertwarden.events import Signal
 from alertwarden.metrics import Metrics
-from alertwarden.sources.jetstream import JetStreamInput, JetStreamSettings, StreamMessage
+from alertwarden.sources.jetstream import JetStreamInput, JetStreamSettings, StreamMessage, published_size
 from alertwarden.store.postgres import PostgresStore
 
 NATS_URL = "nats://127.0.0.1:4222"
@@ -27,6 +28,7 @@ ADMIN_TOKEN = "admin-token-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 MAX_BODY_BYTES = 4096
 MAX_EVENTS = 5
+MAX_MESSAGE_BYTES = 1024
 
 AT = "2026-12-04T10:00:00Z"
 """Event time of the ingest tests: the endpoint rejects events without one."""
@@ -73,6 +75,7 @@ async def env(store: PostgresStore) -> AsyncIterator[Env]:
         jetstream=js,
         jetstream_settings=settings,
         max_ingest_events=MAX_EVENTS,
+        max_message_bytes=MAX_MESSAGE_BYTES,
         metrics=metrics,
     )
     transport = httpx.ASGITransport(app=app)
@@ -153,6 +156,31 @@ async def test_ingest_duplicate_id(env: Env) -> None:
 
     messages = await stored_messages(env, tenant, 3)
     assert [json.loads(message.data) for message in messages] == [{"id": "same", "time": AT, "n": 1}, {"time": AT, "n": 3}]
+
+
+async def test_ingest_message_size_limit(env: Env) -> None:
+    tenant = await create_tenant(env.client)
+
+    def event(index: int, pad: int) -> dict[str, object]:
+        return {"time": AT, "id": f"e{index}", "pad": "x" * pad}
+
+    # Pad the event so that its message, headers included, is exactly at the limit.
+    overhead = published_size(env.settings, "e1", orjson.dumps(event(1, 0)))
+    at_limit = event(1, MAX_MESSAGE_BYTES - overhead)
+    over_limit = event(2, MAX_MESSAGE_BYTES - overhead)  # "e2" is as long as "e1", plus one pad byte
+    over_limit["pad"] = str(over_limit["pad"]) + "x"
+
+    rejected = await env.client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json=[at_limit, over_limit])
+    assert rejected.status_code == 413
+    assert "event at index 1" in rejected.json()["detail"]
+    assert f"{MAX_MESSAGE_BYTES + 1} bytes" in rejected.json()["detail"]
+    assert f"limit of {MAX_MESSAGE_BYTES} bytes" in rejected.json()["detail"]
+
+    accepted = await env.client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json=[at_limit])
+    assert accepted.status_code == 202, accepted.text
+    # The rejected request was checked as a whole before anything was published.
+    stored = await stored_messages(env, tenant, 2)
+    assert [orjson.loads(message.data)["id"] for message in stored] == ["e1"]
 
 
 async def test_ingest_limits(env: Env) -> None:

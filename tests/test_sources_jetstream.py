@@ -6,6 +6,7 @@ never see each other's messages and leave nothing behind on the shared server.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from alertwarden.sources.jetstream import (
     ensure_stream,
     publish_events,
     publish_subject,
+    published_size,
     subject_matches,
     tenant_subjects,
     validate_tenant,
@@ -466,3 +468,25 @@ def test_accept_all_matches_accept_per_message() -> None:
     assert records[2].stored_at == pytest.approx(1_700_000_000.7)
     assert (batched.next_sequence, batched.other_subject_messages, batched.oversized_messages) == (13, 1, 1)
     assert (single.next_sequence, single.other_subject_messages, single.oversized_messages) == (13, 1, 1)
+
+
+async def test_published_size_matches_server_limit(server: Server) -> None:
+    await ensure_stream(server.js, server.settings, tenant_subjects(server.settings, "acme"))
+    limit = server.nc.max_payload
+    overhead = published_size(server.settings, "ev-1", b"")
+    fits = b"x" * (limit - overhead)
+    assert published_size(server.settings, "ev-1", fits) == limit
+
+    published = await publish_events(server.js, server.settings, "acme", Signal.LOGS, [("ev-1", fits)])
+    assert published[0].duplicate is False
+
+    # One byte more and the server closes the connection that sent it, so this one is separate.
+    other = await nats.connect(NATS_URL, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        settings = dataclasses.replace(server.settings, publish_timeout_s=1.0)
+        with pytest.raises((nats.errors.Error, TimeoutError)):
+            await publish_events(other.jetstream(), settings, "acme", Signal.LOGS, [("ev-2", fits + b"x")])
+        assert other.is_closed
+        assert "maximum payload" in str(other.last_error).lower()
+    finally:
+        await other.close()

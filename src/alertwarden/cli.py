@@ -289,8 +289,10 @@ def serve(
     """
     configure_logging(log_level, log_format)
     with _exit_on_error():
-        settings = load_settings()
-        asyncio.run(Service(settings).run())
+        service = Service(load_settings())
+        asyncio.run(service.run())
+    if service.exit_status:
+        raise typer.Exit(service.exit_status)
 
 
 @rules_app.command("check")

@@ -36,6 +36,7 @@ def create_app(
     jetstream: JetStreamContext | None = None,
     jetstream_settings: JetStreamSettings | None = None,
     max_ingest_events: int = routes_ingest.DEFAULT_MAX_EVENTS,
+    max_message_bytes: int = routes_ingest.DEFAULT_MAX_MESSAGE_BYTES,
     metrics: Metrics | None = None,
     service: ServiceHooks | None = None,
 ) -> FastAPI:
@@ -44,8 +45,8 @@ def create_app(
     admin_token may call every endpoint. max_body_bytes caps each request body, and a larger
     one gets 413. clock returns the wall clock in UTC seconds for the groups view's counts.
     jetstream is where the ingest endpoint publishes, to the stream and subjects of
-    jetstream_settings, at most max_ingest_events per request; without it that endpoint
-    returns 503. metrics is what GET /metrics returns; without it that endpoint returns 503.
+    jetstream_settings, at most max_ingest_events per request and max_message_bytes per event
+    message, headers included; without it that endpoint returns 503. metrics is what GET /metrics returns; without it that endpoint returns 503.
     service is the running service: readiness includes its evaluators, rules show their
     run-time health, and rule or flag changes reach its evaluators at once.
     """
@@ -71,6 +72,7 @@ def create_app(
         js=jetstream,
         settings=jetstream_settings or JetStreamSettings(),
         max_events=max_ingest_events,
+        max_message_bytes=max_message_bytes,
     )
     app.state.metrics = metrics
     app.add_middleware(BodySizeLimit, max_body_bytes=max_body_bytes)

@@ -18,7 +18,14 @@ from alertwarden.errors import EventError
 from alertwarden.events import Signal
 from alertwarden.logs import get_logger
 from alertwarden.sources.jsonl import JsonParser, OcsfParser
-from alertwarden.sources.jetstream import JetStreamSettings, ensure_stream, publish_events, tenant_subjects
+from alertwarden.sources.jetstream import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    JetStreamSettings,
+    ensure_stream,
+    publish_events,
+    published_size,
+    tenant_subjects,
+)
 
 log = get_logger(__name__)
 
@@ -59,6 +66,8 @@ class IngestContext:
     js: JetStreamContext | None
     settings: JetStreamSettings
     max_events: int = DEFAULT_MAX_EVENTS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest message, headers included, that the NATS server and the evaluators accept."""
     # Tenants whose subjects the stream is known to cover, so ensure_stream runs once per tenant.
     ensured_tenants: set[str] = field(default_factory=set)
     ensure_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -161,6 +170,16 @@ def check_event(index: int, signal: Signal, payload: bytes) -> None:
         raise unprocessable(["body", index], f"invalid event at index {index}: {error}", None) from None
 
 
+def check_size(index: int, size: int, limit: int) -> None:
+    """Raise 413 naming the event's index when its message is over `limit` bytes."""
+    if size > limit:
+        raise HTTPException(
+            413,
+            f"event at index {index} makes a message of {size} bytes with its headers, over the"
+            f" limit of {limit} bytes: split the record or shorten its fields",
+        )
+
+
 def ingest_context(request: Request) -> IngestContext:
     context: IngestContext = request.app.state.ingest
     return context
@@ -175,7 +194,11 @@ def ingest_context(request: Request) -> IngestContext:
     responses={
         401: {"description": "Missing, invalid or revoked token."},
         404: {"description": "No such tenant, or a tenant the token may not see."},
-        413: {"description": "Body over the byte limit, or more events than the count limit."},
+        413: {
+            "description": "Body over the byte limit, more events than the count limit, or an event"
+            " (named by index) whose message is over the NATS server's max_payload or the"
+            " evaluators' ALERTWARDEN_MAX_MESSAGE_BYTES."
+        },
         422: {"description": "Invalid JSON, an invalid event (named by index) or an invalid signal."},
         503: {"description": "No JetStream connection, or JetStream did not store the events."},
     },
@@ -200,7 +223,9 @@ async def ingest_events(
         payload = encode_event(index, event)
         event_kind = signal or event_signal(event)
         check_event(index, event_kind, payload)
-        batches[event_kind].append((event_id(event), payload))
+        identifier = event_id(event)
+        check_size(index, published_size(ingest.settings, identifier, payload), ingest.max_message_bytes)
+        batches[event_kind].append((identifier, payload))
 
     accepted = 0
     duplicates = 0

@@ -100,6 +100,8 @@ class Service:
         self._wake = asyncio.Event()
         self._signals = 0
         self._nats_closing = False
+        self.exit_status = 0
+        """Process exit status after run() returned: 1 when the service stopped on a failure."""
         self._api_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -150,6 +152,9 @@ class Service:
                 jetstream=js,
                 jetstream_settings=self.jetstream,
                 max_ingest_events=settings.ingest.max_events,
+                # The server closes the connection of a client that publishes more than its
+                # max_payload, and an evaluator skips a message over max_message_bytes.
+                max_message_bytes=min(self.nats.max_payload, settings.max_message_bytes),
                 metrics=self.metrics,
                 service=self,
             )
@@ -534,6 +539,7 @@ class Service:
                     error_cb=record_error,
                     disconnected_cb=self._nats_disconnected,
                     reconnected_cb=_nats_reconnected,
+                    closed_cb=self._nats_closed,
                 ),
                 timeout=NATS_FIRST_CONNECT_TIMEOUT_S,
             )
@@ -551,6 +557,26 @@ class Service:
             log.info("nats_closed")
         else:
             log.warning("nats_disconnected")
+
+    async def _nats_closed(self) -> None:
+        """Stop the service when the NATS client closed for good, which it does after a protocol
+        error from the server (such as a message over max_payload) even with unlimited reconnects.
+
+        Every evaluator and the ingest route use this one connection, so the node could do no
+        work, while its lease session would keep other nodes from taking its rule groups over.
+        The graceful stop flushes and releases the leases, and the exit status 1 lets a
+        supervisor start the process again.
+        """
+        if self._nats_closing or self._stop.is_set():
+            return
+        error = self.nats.last_error if self.nats is not None else None
+        log.error(
+            "nats_connection_closed",
+            error=_describe_error(error) if error is not None else None,
+            note="stopping with exit status 1 so that the process is started again",
+        )
+        self.exit_status = 1
+        self._stop.set()
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         try:

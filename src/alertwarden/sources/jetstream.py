@@ -630,6 +630,24 @@ def publish_subject(settings: JetStreamSettings, tenant: str, signal: Signal) ->
     return ".".join(settings.publish_token if token in ("*", ">") else token for token in tokens)
 
 
+EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
+"""Header that `publish_events` adds (through nats-py's `stream=`), so only this stream stores it."""
+
+
+def published_size(settings: JetStreamSettings, event_id: str | None, payload: bytes) -> int:
+    """Return the bytes that nats-server compares with its max_payload for one publish_events message.
+
+    The server counts the header block too, and closes the connection of a client that sends a
+    larger message, so callers check this before publishing.
+    """
+    headers = {EXPECTED_STREAM_HEADER: settings.stream}
+    if event_id:
+        headers[MSG_ID_HEADER] = event_id
+    # The header block as nats-py writes it: a version line, one line per header, a blank line.
+    block = "NATS/1.0\r\n" + "".join(f"{key}: {value}\r\n" for key, value in headers.items()) + "\r\n"
+    return len(block.encode()) + len(payload)
+
+
 async def publish_events(
     js: JetStreamContext,
     settings: JetStreamSettings,
