@@ -16,6 +16,7 @@ from alertwarden.cluster.leases import (
     Fence,
     LeaseHolder,
     LeaseLostError,
+    Share,
     fair_share,
     fence_params,
     lease_key,
@@ -57,38 +58,73 @@ def test_fence_lock_ids_split_the_key() -> None:
     assert Fence(key=(5 << 32) | 7, backend_pid=1).lock_ids == (5, 7)
 
 
-def test_fair_share_rounds_up() -> None:
-    assert fair_share(10, 3) == 4
-    assert fair_share(4, 2) == 2
-    assert fair_share(1, 4) == 1
-    assert fair_share(0, 3) == 0
-    # No node counted (a query racing the session's start) is one node: this one.
-    assert fair_share(5, 0) == 5
+@pytest.mark.parametrize(
+    ("rule_groups", "loads", "keep", "take"),
+    [
+        # One node alone runs everything.
+        (10, [10], 10, 10),
+        (10, [0], 10, 10),
+        # A second node starts: the first keeps half, and the new one takes half.
+        (4, [4, 0], 2, 2),
+        # Balanced within one: every node may run the mean rounded up.
+        (4, [2, 1, 1], 2, 2),
+        (10, [4, 3, 3], 4, 4),
+        # A third node next to 2 + 2: the others hand down to 1, and it takes 1.
+        (4, [2, 2, 0], 1, 1),
+        # Fewer rule groups than nodes: no node can be starved.
+        (1, [1, 0, 0], 1, 1),
+        (0, [0, 0], 0, 0),
+        # No node counted (a query that raced the session's start) counts as one.
+        (5, [], 5, 5),
+    ],
+)
+def test_fair_share(rule_groups: int, loads: list[int], keep: int, take: int) -> None:
+    assert fair_share(rule_groups, loads) == Share(keep=keep, take=take)
 
 
-async def test_live_nodes_counts_lease_sessions(pg_database_factory: Callable[[], str]) -> None:
+def test_fair_share_converges() -> None:
+    """Simulate polls of nodes that hand over and take by fair_share, until nothing changes."""
+    for rule_groups, start in [(4, [4, 0, 0]), (4, [2, 2, 0]), (7, [7, 0, 0, 0]), (10, [0, 9, 1])]:
+        loads = list(start)
+        for _ in range(20):
+            before = list(loads)
+            for node in range(len(loads)):
+                share = fair_share(rule_groups, loads)
+                loads[node] = min(loads[node], share.keep)
+                free = rule_groups - sum(loads)
+                loads[node] += max(0, min(free, share.take - loads[node]))
+            if loads == before:
+                break
+        assert sum(loads) == rule_groups, (start, loads)
+        assert max(loads) - min(loads) <= 1, (start, loads)
+
+
+async def test_node_loads_counts_leases_per_session(pg_database_factory: Callable[[], str]) -> None:
     url = pg_database_factory()
     await migrate(url, history_backend="partitioned")
     first, second = LeaseHolder(url), LeaseHolder(url)
     await first.open()
     try:
-        assert await first.live_nodes() == 1
+        assert list((await first.node_loads() or {}).values()) == [0]
         await second.open()
-        # Leases are locks too, but of one bigint key, which the count leaves out.
-        assert await first.try_acquire(group()) is not None
+        for _ in range(2):
+            assert await first.try_acquire(group()) is not None
         assert await second.try_acquire(group()) is not None
-        assert await first.live_nodes() == 2
-        assert await second.live_nodes() == 2
+        # Both sessions see the same map, keyed by each session's server process.
+        loads = await first.node_loads()
+        assert loads is not None
+        assert sorted(loads.values()) == [1, 2]
+        assert await second.node_loads() == loads
 
         await second.close()
         deadline = time.monotonic() + 10
-        while await first.live_nodes() != 1:
+        while len(await first.node_loads() or {}) != 1:
             assert time.monotonic() < deadline, "the closed session still counts as a node"
             await asyncio.sleep(0.01)
     finally:
         await first.close()
         await second.close()
-    assert await first.live_nodes() is None
+    assert await first.node_loads() is None
 
 
 async def test_lease_one_holder(pg_store_url: str) -> None:

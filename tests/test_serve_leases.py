@@ -190,6 +190,18 @@ def test_serve_second_node_takes_its_share(
         for tenant in moved:
             assert matched_events(nodes[1], tenant) == 1
         assert "lease_handed_over" in nodes[0].log_path.read_text()
+
+        # A third node: the two with 2 hand one each down, and the third takes its share.
+        nodes.append(start_serve(tmp_path, pg_url, names, name="node2", ALERTWARDEN_WEBHOOK_URLS=webhook.url))
+
+        def spread() -> list[int] | None:
+            found = owners(nodes)
+            if not all(len(found[tenant]) == 1 for tenant in TENANTS):
+                return None
+            per_node = sorted(sum(found[t] == [i] for t in TENANTS) for i in range(3))
+            return per_node if per_node == [1, 1, 2] else None
+
+        wait_until(spread, 60, "rule groups spread 1, 1, 2 over three nodes")
         for node in nodes:
             assert node.terminate() == 0
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -39,18 +40,41 @@ NODE_LOCK_CLASS = 0x4157_4E44
 pg_locks lists a lock of two integer keys with objsubid 2 and a bigint lease with objsubid 1,
 so the presence locks can be counted apart from the leases."""
 
-LIVE_NODES = """SELECT count(*) FROM pg_locks
-WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid::bigint = %s
-  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+NODE_LOADS = """WITH locks AS (
+    SELECT pid, classid, objsubid FROM pg_locks
+    WHERE locktype = 'advisory' AND granted
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+)
+SELECT node.pid, count(lease.pid) FROM locks AS node
+LEFT JOIN locks AS lease ON lease.pid = node.pid AND lease.objsubid = 1
+WHERE node.objsubid = 2 AND node.classid::bigint = %s
+GROUP BY node.pid"""
 
 
-def fair_share(rule_groups: int, nodes: int) -> int:
-    """Return how many rule groups one of `nodes` nodes should hold at most: the rounded-up mean.
+@dataclass(frozen=True, slots=True)
+class Share:
+    """How many rule groups a node keeps and takes, from the loads of every live node."""
 
-    Every node below its share takes free rule groups and every node above it hands the excess
-    over, so the nodes end within one rule group of each other and every rule group has a node.
+    keep: int
+    """Rule groups the node runs at most; it hands any above this over."""
+    take: int
+    """Rule groups the node takes leases up to."""
+
+
+def fair_share(rule_groups: int, loads: Sequence[int]) -> Share:
+    """Return a node's share of `rule_groups`, given the lease counts of every live node.
+
+    Each node should run between the mean rounded down (`low`) and rounded up (`high`). While
+    some node runs fewer than `low`, every node keeps and takes at most `low`, which frees rule
+    groups and leaves them to the nodes below it. Otherwise every node keeps and takes up to
+    `high`. So the nodes end within one rule group of each other, and every rule group has a node.
     """
-    return -(-rule_groups // max(nodes, 1))
+    nodes = max(len(loads), 1)
+    low = rule_groups // nodes
+    high = -(-rule_groups // nodes)
+    if any(load < low for load in loads):
+        return Share(keep=low, take=low)
+    return Share(keep=high, take=high)
 
 
 class LeaseLostError(StoreError):
@@ -227,22 +251,23 @@ class LeaseHolder:
             return False
         return True
 
-    async def live_nodes(self) -> int | None:
-        """Count the nodes whose lease session is open on this database, this one included.
+    async def node_loads(self) -> dict[int, int] | None:
+        """Return the live nodes on this database, this one included, with their lease counts.
 
-        Returns None when the lease session is lost.
+        Nodes are keyed by the server process of their lease session. Returns None when the
+        lease session is lost.
         """
         if not self.connected:
             return None
         assert self._conn is not None
         try:
             async with asyncio.timeout(LEASE_CHECK_TIMEOUT_S):
-                cursor = await self._conn.execute(LIVE_NODES, (NODE_LOCK_CLASS,))
-                row = await cursor.fetchone()
+                cursor = await self._conn.execute(NODE_LOADS, (NODE_LOCK_CLASS,))
+                rows = await cursor.fetchall()
         except (psycopg.Error, TimeoutError) as error:
             await self._lost(error)
             return None
-        return max(1, int(row[0])) if row is not None else 1
+        return {int(pid): int(count) for pid, count in rows}
 
     async def close(self) -> None:
         """End the lease session, which releases every lease of this node."""

@@ -224,14 +224,14 @@ class Service:
 
         changed = await self._stop_unwanted_workers(desired)
         assert self.leases is not None
-        nodes = await self.leases.live_nodes()
-        if nodes is None:
+        loads = await self.leases.node_loads()
+        if loads is None:
             # The lease session is gone; the next poll abandons the evaluators and reconnects.
             return
-        self.metrics.live_nodes.set(nodes)
-        share = fair_share(len(desired), nodes)
-        await self._hand_over_excess(share, nodes)
-        changed = await self._start_wanted_workers(desired, share) or changed
+        self.metrics.live_nodes.set(len(loads))
+        share = fair_share(len(desired), list(loads.values()) or [len(self.workers)])
+        await self._hand_over_excess(share.keep, len(loads))
+        changed = await self._start_wanted_workers(desired, share.take) or changed
         if changed:
             try:
                 await self.store.sweep()  # type: ignore[union-attr]
@@ -256,15 +256,15 @@ class Service:
             changed = True
         return changed
 
-    async def _hand_over_excess(self, share: int, nodes: int) -> None:
-        """Stop the evaluators this node runs beyond its share, so nodes below it take them over.
+    async def _hand_over_excess(self, keep: int, nodes: int) -> None:
+        """Stop the evaluators this node runs beyond `keep`, so nodes below their share take them.
 
         Each stops as on SIGTERM, with its final flush, so the next node resumes at that
         checkpoint and replays nothing.
         """
         leases = self.leases
         assert leases is not None
-        excess = len(self.workers) - share
+        excess = len(self.workers) - keep
         if excess <= 0:
             return
         for group_id in sorted(self.workers)[-excess:]:
@@ -275,13 +275,13 @@ class Service:
                 tenant=group_id[0],
                 rule_group=group_id[1],
                 nodes=nodes,
-                share=share,
+                keep=keep,
             )
 
-    async def _start_wanted_workers(self, desired: dict[GroupId, GroupSpec], share: int) -> bool:
+    async def _start_wanted_workers(self, desired: dict[GroupId, GroupSpec], take: int) -> bool:
         """Start or restart the workers of rule groups whose lease this node can take.
 
-        A node that runs `share` rule groups takes no more, which leaves the others to nodes
+        A node that runs `take` rule groups takes no more, which leaves the others to nodes
         below their share.
         """
         leases = self.leases
@@ -293,7 +293,7 @@ class Service:
             current = self.specs.get(group_id)
             if current is not None and current.versions == spec.versions:
                 continue
-            if group_id not in self.workers and len(self.workers) >= share:
+            if group_id not in self.workers and len(self.workers) >= take:
                 elsewhere[group_id] = spec
                 continue
             fence = await leases.try_acquire(group_id)
