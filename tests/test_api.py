@@ -439,8 +439,10 @@ async def test_rule_if_match(client: httpx.AsyncClient) -> None:
     assert match.status_code == 200
     assert match.headers["etag"] == '"2"'
     assert stale.status_code == 412
+    assert "is not at version" in stale.json()["detail"]
     assert garbage.status_code == 412
     assert absent.status_code == 412
+    assert "'new' does not exist" in absent.json()["detail"]
     assert stored.json()["version"] == 2
     assert stored.json()["definition"]["threshold"] == 4
 

@@ -199,6 +199,7 @@ async def test_ingest_limits(env: Env) -> None:
     detail = not_object.json()["detail"][0]
     assert detail["loc"] == ["body", 1]
     assert "index 1" in detail["msg"]
+    assert "it is a string, not a JSON object" in detail["msg"]
 
     invalid_json = await env.client.post(path, headers=ADMIN, content=b"{not json")
     assert invalid_json.status_code == 422

@@ -136,7 +136,7 @@ def parse_events(body: bytes, max_events: int) -> list[dict[str, Any]]:
         if not isinstance(element, dict):
             raise unprocessable(
                 ["body", index],
-                f"invalid event at index {index}: it is a {type(element).__name__}, not a JSON object",
+                f"invalid event at index {index}: it is {json_type(element)}, not a JSON object",
                 None,
             )
     return document
@@ -168,6 +168,16 @@ def check_event(index: int, signal: Signal, payload: bytes) -> None:
         _PARSERS[signal].parse(payload)
     except EventError as error:
         raise unprocessable(["body", index], f"invalid event at index {index}: {error}", None) from None
+
+
+def json_type(value: object) -> str:
+    """Return the JSON name of a decoded value's type, with its article, such as `an array`."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    names = {str: "a string", list: "an array", type(None): "null"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def check_size(index: int, size: int, limit: int) -> None:

@@ -128,6 +128,13 @@ async def put_rule(
         expected_version=_parse_if_match(if_match),
     )
     if version is None:
+        # Only to word the error: the write itself already compared the versions.
+        if not await api.store.rule_definitions(tenant, rule_id):
+            raise HTTPException(
+                412,
+                f"rule {rule_id!r} does not exist, so If-Match {if_match} cannot match: send the"
+                " PUT without If-Match to create it",
+            )
         raise HTTPException(
             412,
             f"rule {rule_id!r} is not at version {if_match}: read it again and retry with the"

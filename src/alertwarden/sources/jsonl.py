@@ -277,8 +277,9 @@ def generic_event(fields: dict[str, Any], tz: tzinfo = UTC) -> Event:
             time_s = parse_timestamp(raw, field=key, tz=tz)
             break
     else:
-        raise bad_timestamp(
-            "timestamp", None, "missing: add one of the fields " + ", ".join(GENERIC_TIME_KEYS)
+        raise EventError(
+            SkipReason.BAD_TIMESTAMP,
+            "missing timestamp: add one of the fields " + ", ".join(GENERIC_TIME_KEYS),
         )
 
     # The `is not None` tests skip the _scalar_id call for absent keys, the common case.
