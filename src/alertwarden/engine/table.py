@@ -162,9 +162,11 @@ class GroupTable:
         """Return the bucket counts oldest first; the last one belongs to the head bucket."""
         n = self.n_buckets
         base = slot * n
-        head = self.heads[slot]
+        # The oldest bucket, head - N + 1, sits at position (head + 1) % N, so the ring is the
+        # slot's counts from there to the end, then from the start: two slices in C.
+        oldest = base + (self.heads[slot] + 1) % n
         counts = self.counts
-        return tuple(counts[base + b % n] for b in range(head - n + 1, head + 1))
+        return tuple(counts[oldest : base + n]) + tuple(counts[base:oldest])
 
     def load_ring(self, slot: int, head: int, ring: tuple[int, ...]) -> None:
         """Fill a slot's ring from counts given oldest first, ending at bucket `head`."""
