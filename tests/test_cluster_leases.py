@@ -59,44 +59,58 @@ def test_fence_lock_ids_split_the_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rule_groups", "loads", "keep", "take"),
+    ("rule_groups", "loads", "node", "keep", "take"),
     [
         # One node alone runs everything.
-        (10, [10], 10, 10),
-        (10, [0], 10, 10),
-        # A second node starts: the first keeps half, and the new one takes half.
-        (4, [4, 0], 2, 2),
+        (10, {1: 10}, 1, 10, 10),
+        (10, {1: 0}, 1, 10, 10),
+        # A second node starts: the first hands half over, and the new one takes half.
+        (4, {1: 4, 2: 0}, 1, 2, 2),
+        (4, {1: 4, 2: 0}, 2, 2, 2),
+        (4, {1: 2, 2: 2}, 2, 2, 2),
         # Balanced within one: every node may run the mean rounded up.
-        (4, [2, 1, 1], 2, 2),
-        (10, [4, 3, 3], 4, 4),
-        # A third node next to 2 + 2: the others hand down to 1, and it takes 1.
-        (4, [2, 2, 0], 1, 1),
+        (4, {1: 2, 2: 1, 3: 1}, 1, 2, 2),
+        (10, {1: 4, 2: 3, 3: 3}, 3, 4, 4),
+        # A third node next to 2 + 2: only the first of the two hands one over.
+        (4, {1: 2, 2: 2, 3: 0}, 1, 1, 1),
+        (4, {1: 2, 2: 2, 3: 0}, 2, 2, 1),
+        # A rule group that no node runs fills the deficit before any hand-over.
+        (5, {1: 2, 2: 2, 3: 0}, 1, 2, 1),
         # Fewer rule groups than nodes: no node can be starved.
-        (1, [1, 0, 0], 1, 1),
-        (0, [0, 0], 0, 0),
-        # No node counted (a query that raced the session's start) counts as one.
-        (5, [], 5, 5),
+        (1, {1: 1, 2: 0, 3: 0}, 2, 1, 1),
+        (0, {1: 0, 2: 0}, 1, 0, 0),
     ],
 )
-def test_fair_share(rule_groups: int, loads: list[int], keep: int, take: int) -> None:
-    assert fair_share(rule_groups, loads) == Share(keep=keep, take=take)
+def test_fair_share(rule_groups: int, loads: dict[int, int], node: int, keep: int, take: int) -> None:
+    assert fair_share(rule_groups, loads, node) == Share(keep=keep, take=take)
 
 
-def test_fair_share_converges() -> None:
+def test_fair_share_converges_with_few_moves() -> None:
     """Simulate polls of nodes that hand over and take by fair_share, until nothing changes."""
-    for rule_groups, start in [(4, [4, 0, 0]), (4, [2, 2, 0]), (7, [7, 0, 0, 0]), (10, [0, 9, 1])]:
-        loads = list(start)
+    cases = [
+        (4, [4, 0, 0], 2),
+        (4, [2, 2, 0], 1),
+        (6, [2, 2, 2, 0], 1),
+        (7, [7, 0, 0, 0], 5),
+        (10, [0, 9, 1], 5),
+    ]
+    for rule_groups, start, most_moves in cases:
+        loads = dict(enumerate(start))
+        moves = 0
         for _ in range(20):
-            before = list(loads)
-            for node in range(len(loads)):
-                share = fair_share(rule_groups, loads)
-                loads[node] = min(loads[node], share.keep)
-                free = rule_groups - sum(loads)
+            before = dict(loads)
+            for node in loads:
+                share = fair_share(rule_groups, loads, node)
+                if loads[node] > share.keep:
+                    moves += loads[node] - share.keep
+                    loads[node] = share.keep
+                free = rule_groups - sum(loads.values())
                 loads[node] += max(0, min(free, share.take - loads[node]))
             if loads == before:
                 break
-        assert sum(loads) == rule_groups, (start, loads)
-        assert max(loads) - min(loads) <= 1, (start, loads)
+        assert sum(loads.values()) == rule_groups, (start, loads)
+        assert max(loads.values()) - min(loads.values()) <= 1, (start, loads)
+        assert moves <= most_moves, (start, moves)
 
 
 async def test_node_loads_counts_leases_per_session(pg_database_factory: Callable[[], str]) -> None:

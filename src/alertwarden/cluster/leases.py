@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psycopg
@@ -61,20 +61,37 @@ class Share:
     """Rule groups the node takes leases up to."""
 
 
-def fair_share(rule_groups: int, loads: Sequence[int]) -> Share:
-    """Return a node's share of `rule_groups`, given the lease counts of every live node.
+def fair_share(rule_groups: int, loads: Mapping[int, int], node: int) -> Share:
+    """Return the share of `node` in `rule_groups`, given the lease count of every live node.
 
-    Each node should run between the mean rounded down (`low`) and rounded up (`high`). While
-    some node runs fewer than `low`, every node keeps and takes at most `low`, which frees rule
-    groups and leaves them to the nodes below it. Otherwise every node keeps and takes up to
-    `high`. So the nodes end within one rule group of each other, and every rule group has a node.
+    `loads` maps each live node, `node` included, to the rule groups it runs. Each node should
+    run between the mean rounded down (`low`) and rounded up (`high`). While some node runs
+    fewer than `low`, no other node takes any, and the most loaded nodes (ties by node key) hand
+    over just enough for the starved nodes to reach `low`, beyond the rule groups no node runs.
+    Otherwise every node keeps and takes up to `high`. So the nodes end within one rule group of
+    each other, every rule group has a node, and a joining node moves few rule groups.
     """
-    nodes = max(len(loads), 1)
-    low = rule_groups // nodes
-    high = -(-rule_groups // nodes)
-    if any(load < low for load in loads):
+    count = max(len(loads), 1)
+    low = rule_groups // count
+    high = -(-rule_groups // count)
+    mine = loads.get(node, 0)
+    deficit = sum(low - load for load in loads.values() if load < low)
+    if deficit == 0:
+        return Share(keep=high, take=high)
+    if mine < low:
         return Share(keep=low, take=low)
-    return Share(keep=high, take=high)
+    deficit -= max(0, rule_groups - sum(loads.values()))
+    keep = mine
+    for donor, load in sorted(loads.items(), key=lambda item: (-item[1], item[0])):
+        if deficit <= 0:
+            break
+        given = min(load - low, deficit)
+        if given <= 0:
+            break
+        deficit -= given
+        if donor == node:
+            keep = load - given
+    return Share(keep=keep, take=min(keep, low))
 
 
 class LeaseLostError(StoreError):
@@ -164,6 +181,11 @@ class LeaseHolder:
         self._url = url
         self._conn: psycopg.AsyncConnection | None = None
         self.held: dict[GroupId, Fence] = {}
+
+    @property
+    def node_key(self) -> int | None:
+        """This node's key in node_loads(): its lease session's server process, or None."""
+        return self._conn.info.backend_pid if self.connected and self._conn is not None else None
 
     @property
     def connected(self) -> bool:

@@ -225,11 +225,14 @@ class Service:
         changed = await self._stop_unwanted_workers(desired)
         assert self.leases is not None
         loads = await self.leases.node_loads()
-        if loads is None:
+        node = self.leases.node_key
+        if loads is None or node is None:
             # The lease session is gone; the next poll abandons the evaluators and reconnects.
             return
+        # The workers are this node's own count, newer than the locks it read.
+        loads[node] = len(self.workers)
         self.metrics.live_nodes.set(len(loads))
-        share = fair_share(len(desired), list(loads.values()) or [len(self.workers)])
+        share = fair_share(len(desired), loads, node)
         await self._hand_over_excess(share.keep, len(loads))
         changed = await self._start_wanted_workers(desired, share.take) or changed
         if changed:
