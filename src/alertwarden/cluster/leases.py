@@ -85,12 +85,12 @@ def fair_share(rule_groups: int, loads: Mapping[int, int], node: int) -> Share:
     for donor, load in sorted(loads.items(), key=lambda item: (-item[1], item[0])):
         if deficit <= 0:
             break
-        given = min(load - low, deficit)
-        if given <= 0:
+        handed_over = min(load - low, deficit)
+        if handed_over <= 0:
             break
-        deficit -= given
+        deficit -= handed_over
         if donor == node:
-            keep = load - given
+            keep = load - handed_over
     return Share(keep=keep, take=min(keep, low))
 
 
