@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import psycopg
 import pytest
@@ -25,6 +25,36 @@ from alertwarden.engine.records import Checkpoint, FlushBatch
 from alertwarden.store.migrate import migrate
 from alertwarden.store.postgres import PostgresStore
 from test_store_postgres import transition
+
+
+Holders = tuple[LeaseHolder, LeaseHolder]
+
+
+@pytest.fixture
+async def store(pg_store_url: str) -> AsyncIterator[PostgresStore]:
+    opened = PostgresStore(pg_store_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def holder(pg_store_url: str) -> AsyncIterator[LeaseHolder]:
+    opened = LeaseHolder(pg_store_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def holders(pg_store_url: str) -> AsyncIterator[Holders]:
+    """Two nodes' lease sessions on one database."""
+    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
+    await first.open()
+    await second.open()
+    yield first, second
+    await first.close()
+    await second.close()
 
 
 def group() -> tuple[str, str]:
@@ -94,7 +124,7 @@ def test_fair_share_converges_with_few_moves() -> None:
         (7, [7, 0, 0, 0], 5),
         (10, [0, 9, 1], 5),
     ]
-    for rule_groups, start, most_moves in cases:
+    for rule_groups, start, max_moves in cases:
         loads = dict(enumerate(start))
         moves = 0
         for _ in range(20):
@@ -110,7 +140,7 @@ def test_fair_share_converges_with_few_moves() -> None:
                 break
         assert sum(loads.values()) == rule_groups, (start, loads)
         assert max(loads.values()) - min(loads.values()) <= 1, (start, loads)
-        assert moves <= most_moves, (start, moves)
+        assert moves <= max_moves, (start, moves)
 
 
 async def test_node_loads_counts_leases_per_session(pg_database_factory: Callable[[], str]) -> None:
@@ -141,109 +171,79 @@ async def test_node_loads_counts_leases_per_session(pg_database_factory: Callabl
     assert await first.node_loads() is None
 
 
-async def test_lease_one_holder(pg_store_url: str) -> None:
-    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
-    await first.open()
-    await second.open()
+async def test_lease_one_holder(holders: Holders) -> None:
+    first, second = holders
     target = group()
-    try:
-        fence = await first.try_acquire(target)
-        assert fence is not None
-        assert await first.try_acquire(target) == fence
-        assert await second.try_acquire(target) is None
+    fence = await first.try_acquire(target)
+    assert fence is not None
+    assert await first.try_acquire(target) == fence
+    assert await second.try_acquire(target) is None
 
-        await first.release(target)
-        assert await second.try_acquire(target) is not None
-        assert await first.try_acquire(target) is None
-    finally:
-        await first.close()
-        await second.close()
+    await first.release(target)
+    assert await second.try_acquire(target) is not None
+    assert await first.try_acquire(target) is None
 
 
-async def test_lease_freed_when_session_ends(pg_store_url: str) -> None:
-    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
-    await first.open()
-    await second.open()
+async def test_lease_freed_when_session_ends(pg_store_url: str, holders: Holders) -> None:
+    first, second = holders
     target = group()
-    try:
-        fence = await first.try_acquire(target)
-        assert fence is not None
-        # What a node's death or a network cut looks like to PostgreSQL.
-        terminate(pg_store_url, fence.backend_pid)
+    fence = await first.try_acquire(target)
+    assert fence is not None
+    # What a node's death or a network cut looks like to PostgreSQL.
+    terminate(pg_store_url, fence.backend_pid)
 
-        assert await second.try_acquire(target) is not None
-        assert not await first.alive()
-        assert first.held == {}
-    finally:
-        await first.close()
-        await second.close()
+    assert await second.try_acquire(target) is not None
+    assert not await first.alive()
+    assert first.held == {}
 
 
-async def test_flush_fenced_by_lease(pg_store_url: str) -> None:
-    store = PostgresStore(pg_store_url)
-    await store.open()
-    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
-    await first.open()
-    await second.open()
+async def test_flush_fenced_by_lease(pg_store_url: str, store: PostgresStore, holders: Holders) -> None:
+    first, second = holders
     tenant, rule_group = group()
-    try:
-        old = await first.try_acquire((tenant, rule_group))
-        assert old is not None
-        await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(10)), fence=old)
+    old = await first.try_acquire((tenant, rule_group))
+    assert old is not None
+    await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(10)), fence=old)
 
-        terminate(pg_store_url, old.backend_pid)
-        new = await second.try_acquire((tenant, rule_group))
-        assert new is not None
+    terminate(pg_store_url, old.backend_pid)
+    new = await second.try_acquire((tenant, rule_group))
+    assert new is not None
 
-        # The node that lost the lease cannot move the checkpoint; the new holder can.
-        with pytest.raises(LeaseLostError, match="nothing was written"):
-            await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(20)), fence=old)
-        stored = await store.load(tenant, rule_group)
-        assert stored.checkpoint is not None
-        assert stored.checkpoint.offset == 10
+    # The node that lost the lease cannot move the checkpoint; the new holder can.
+    with pytest.raises(LeaseLostError, match="nothing was written"):
+        await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(20)), fence=old)
+    stored = await store.load(tenant, rule_group)
+    assert stored.checkpoint is not None
+    assert stored.checkpoint.offset == 10
 
-        await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(30)), fence=new)
-        stored = await store.load(tenant, rule_group)
-        assert stored.checkpoint is not None
-        assert stored.checkpoint.offset == 30
-    finally:
-        await first.close()
-        await second.close()
-        await store.close()
+    await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(30)), fence=new)
+    stored = await store.load(tenant, rule_group)
+    assert stored.checkpoint is not None
+    assert stored.checkpoint.offset == 30
 
 
-async def test_transitions_fenced_by_lease(pg_store_url: str) -> None:
-    store = PostgresStore(pg_store_url)
-    await store.open()
-    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
-    await first.open()
-    await second.open()
+async def test_transitions_fenced_by_lease(pg_store_url: str, store: PostgresStore, holders: Holders) -> None:
+    first, second = holders
     tenant, rule_group = group()
-    try:
-        old = await first.try_acquire((tenant, rule_group))
-        assert old is not None
-        ids = await store.record_transitions(tenant, rule_group, [transition(at=1_700_000_000.0)], fence=old)
-        assert len(ids) == 1
+    old = await first.try_acquire((tenant, rule_group))
+    assert old is not None
+    ids = await store.record_transitions(tenant, rule_group, [transition(at=1_700_000_000.0)], fence=old)
+    assert len(ids) == 1
 
-        terminate(pg_store_url, old.backend_pid)
-        new = await second.try_acquire((tenant, rule_group))
-        assert new is not None
+    terminate(pg_store_url, old.backend_pid)
+    new = await second.try_acquire((tenant, rule_group))
+    assert new is not None
 
-        late = transition(at=1_700_000_060.0, position=9)
-        with pytest.raises(LeaseLostError, match="nothing was written"):
-            await store.record_transitions(tenant, rule_group, [late], fence=old)
-        assert [record.id for record in await store.history(tenant)] == ids
-        assert (await store.load(tenant, rule_group)).groups["r1"][0].position == 7
+    late = transition(at=1_700_000_060.0, position=9)
+    with pytest.raises(LeaseLostError, match="nothing was written"):
+        await store.record_transitions(tenant, rule_group, [late], fence=old)
+    assert [record.id for record in await store.history(tenant)] == ids
+    assert (await store.load(tenant, rule_group)).groups["r1"][0].position == 7
 
-        # The holder writes; a store used without leases is not fenced at all.
-        assert len(await store.record_transitions(tenant, rule_group, [late], fence=new)) == 1
-        unfenced = transition(at=1_700_000_120.0, position=11)
-        assert len(await store.record_transitions(tenant, rule_group, [unfenced])) == 1
-        assert len(await store.history(tenant)) == 3
-    finally:
-        await first.close()
-        await second.close()
-        await store.close()
+    # The holder writes; a store used without leases is not fenced at all.
+    assert len(await store.record_transitions(tenant, rule_group, [late], fence=new)) == 1
+    unfenced = transition(at=1_700_000_120.0, position=11)
+    assert len(await store.record_transitions(tenant, rule_group, [unfenced])) == 1
+    assert len(await store.history(tenant)) == 3
 
 
 def bump_epoch(url: str, tenant: str, rule_group: str) -> None:
@@ -252,61 +252,47 @@ def bump_epoch(url: str, tenant: str, rule_group: str) -> None:
         conn.execute(BUMP_EPOCH, (tenant, rule_group))
 
 
-async def test_writes_fenced_by_epoch(pg_store_url: str) -> None:
-    store = PostgresStore(pg_store_url)
-    await store.open()
-    holder = LeaseHolder(pg_store_url)
-    await holder.open()
+async def test_writes_fenced_by_epoch(pg_store_url: str, store: PostgresStore, holder: LeaseHolder) -> None:
     tenant, rule_group = group()
-    try:
-        fence = await holder.try_acquire((tenant, rule_group))
-        assert fence is not None
-        assert fence.epoch == 1
-        await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(10)), fence=fence)
+    fence = await holder.try_acquire((tenant, rule_group))
+    assert fence is not None
+    assert fence.epoch == 1
+    await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(10)), fence=fence)
 
-        # The session still holds its advisory lock, but the epoch in the row belongs to another node.
-        bump_epoch(pg_store_url, tenant, rule_group)
-        with pytest.raises(LeaseLostError):
-            await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(20)), fence=fence)
-        with pytest.raises(LeaseLostError):
-            await store.record_transitions(tenant, rule_group, [transition(at=1_700_000_000.0)], fence=fence)
-        stored = await store.load(tenant, rule_group)
-        assert stored.checkpoint is not None
-        assert stored.checkpoint.offset == 10
-        assert await store.history(tenant) == []
-    finally:
-        await holder.close()
-        await store.close()
+    # The session still holds its advisory lock, but the epoch in the row belongs to another node.
+    bump_epoch(pg_store_url, tenant, rule_group)
+    with pytest.raises(LeaseLostError):
+        await store.flush(tenant, rule_group, FlushBatch([], [], checkpoint(20)), fence=fence)
+    with pytest.raises(LeaseLostError):
+        await store.record_transitions(tenant, rule_group, [transition(at=1_700_000_000.0)], fence=fence)
+    stored = await store.load(tenant, rule_group)
+    assert stored.checkpoint is not None
+    assert stored.checkpoint.offset == 10
+    assert await store.history(tenant) == []
 
 
-async def test_takeover_waits_for_write_in_flight(pg_store_url: str) -> None:
-    first, second = LeaseHolder(pg_store_url), LeaseHolder(pg_store_url)
-    await first.open()
-    await second.open()
+async def test_takeover_waits_for_write_in_flight(pg_store_url: str, holders: Holders) -> None:
+    first, second = holders
     target = group()
-    try:
-        old = await first.try_acquire(target)
-        assert old is not None
-        async with await psycopg.AsyncConnection.connect(pg_store_url) as writer:
-            # A flush of the old holder that passed its fence check and has not committed yet.
-            cursor = await writer.execute("SELECT " + FENCE_HELD, fence_params(old))
-            assert await cursor.fetchone() == (True,)
-            await first.release(target)
+    old = await first.try_acquire(target)
+    assert old is not None
+    async with await psycopg.AsyncConnection.connect(pg_store_url) as writer:
+        # A flush of the old holder that passed its fence check and has not committed yet.
+        cursor = await writer.execute("SELECT " + FENCE_HELD, fence_params(old))
+        assert await cursor.fetchone() == (True,)
+        await first.release(target)
 
-            takeover = asyncio.create_task(second.try_acquire(target))
-            deadline = time.monotonic() + 10
-            while not await lock_waits(pg_store_url):
-                assert time.monotonic() < deadline, "the takeover did not wait for the write"
-                await asyncio.sleep(0.01)
-            assert not takeover.done()
+        takeover = asyncio.create_task(second.try_acquire(target))
+        deadline = time.monotonic() + 10
+        while not await lock_waits(pg_store_url):
+            assert time.monotonic() < deadline, "the takeover did not wait for the write"
+            await asyncio.sleep(0.01)
+        assert not takeover.done()
 
-            await writer.commit()
-        new = await asyncio.wait_for(takeover, 10)
-        assert new is not None
-        assert new.epoch == old.epoch + 1
-    finally:
-        await first.close()
-        await second.close()
+        await writer.commit()
+    new = await asyncio.wait_for(takeover, 10)
+    assert new is not None
+    assert new.epoch == old.epoch + 1
 
 
 async def lock_waits(url: str) -> int:

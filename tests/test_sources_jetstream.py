@@ -463,7 +463,8 @@ def test_accept_all_matches_accept_per_message() -> None:
     ]
     assert [record.offset for record in records] == [5, 6, 7, 9, 10, 12]
     assert [record.signal for record in records] == [Signal.LOGS] * 4 + [Signal.EVENTS, Signal.LOGS]
-    assert records[1].msg_id == "ev-6" and records[5].msg_id == "ev-12"
+    assert records[1].msg_id == "ev-6"
+    assert records[5].msg_id == "ev-12"
     assert records[0].stored_at == pytest.approx(1_700_000_000.5)
     assert records[2].stored_at == pytest.approx(1_700_000_000.7)
     assert (batched.next_sequence, batched.other_subject_messages, batched.oversized_messages) == (13, 1, 1)

@@ -185,7 +185,9 @@ class LeaseHolder:
     @property
     def node_key(self) -> int | None:
         """This node's key in node_loads(): its lease session's server process, or None."""
-        return self._conn.info.backend_pid if self.connected and self._conn is not None else None
+        if self._conn is None or self._conn.closed:
+            return None
+        return self._conn.info.backend_pid
 
     @property
     def connected(self) -> bool:

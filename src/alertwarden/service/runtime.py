@@ -222,7 +222,7 @@ class Service:
             return
         self.rules_loaded = True
 
-        changed = await self._stop_unwanted_workers(desired)
+        changed = await self._stop_undesired_workers(desired)
         assert self.leases is not None
         loads = await self.leases.node_loads()
         node = self.leases.node_key
@@ -234,14 +234,14 @@ class Service:
         self.metrics.live_nodes.set(len(loads))
         share = fair_share(len(desired), loads, node)
         await self._hand_over_excess(share.keep, len(loads))
-        changed = await self._start_wanted_workers(desired, share.take) or changed
+        changed = await self._start_desired_workers(desired, share.take) or changed
         if changed:
             try:
                 await self.store.sweep()  # type: ignore[union-attr]
             except StoreError as error:
                 log.warning("sweep_failed", error=str(error))
 
-    async def _stop_unwanted_workers(self, desired: dict[GroupId, GroupSpec]) -> bool:
+    async def _stop_undesired_workers(self, desired: dict[GroupId, GroupSpec]) -> bool:
         """Drop workers that lost their lease and stop those of inactive rule groups."""
         leases = self.leases
         assert leases is not None
@@ -281,7 +281,7 @@ class Service:
                 keep=keep,
             )
 
-    async def _start_wanted_workers(self, desired: dict[GroupId, GroupSpec], take: int) -> bool:
+    async def _start_desired_workers(self, desired: dict[GroupId, GroupSpec], take: int) -> bool:
         """Start or restart the workers of rule groups whose lease this node can take.
 
         A node that runs `take` rule groups takes no more, which leaves the others to nodes

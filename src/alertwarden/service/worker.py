@@ -42,7 +42,7 @@ CANCEL_RETRY_S = 0.1
 TIME_SLICE_S = 0.002
 """Maximum time a worker evaluates before it lets the other workers run."""
 EMIT_INTERVAL_S = 0.05
-"""Longest time the transitions of a busy worker wait before they are stored and sent together.
+"""Maximum time the transitions of a busy worker wait before they are stored and sent together.
 
 Each store costs two statements, so storing the transitions of many events at once is what
 keeps a busy tenant's evaluation fast; an idle queue stores them at the end of every batch."""

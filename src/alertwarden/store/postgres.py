@@ -773,7 +773,7 @@ class PostgresStore:
                 "DELETE FROM input_checkpoints WHERE tenant_id = %s AND rule_group = %s",
                 (tenant, rule_group),
             )
-            # No evaluator of the group runs any more, so its lease row goes too; a node that
+            # No evaluator of the group runs any more, so its lease row goes too. A node that
             # takes the lease again starts a new row at epoch 1.
             await conn.execute(
                 "DELETE FROM rule_group_leases WHERE tenant_id = %s AND rule_group = %s",
