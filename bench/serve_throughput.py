@@ -1,6 +1,7 @@
 """Measure `alertwarden serve` throughput from NATS JetStream to evaluated state, against fetch-only.
 
-The paths run in one process, on one event loop, against the same stream, as the service does:
+The paths run against the same stream. All but the split paths run in one process, on one event
+loop, as the service does:
 
 - fetch-only (path `fetch`): for each tenant, a pull consumer with the consumer settings of
   JetStreamInput (filter subject, fetch batch, no acknowledgements). Pull requests of one batch
@@ -12,6 +13,10 @@ The paths run in one process, on one event loop, against the same stream, as the
   PostgresStore and the service's DiscardSink. The "evaluated" time ends when every worker's
   applied_offset has passed its tenant's last stream sequence (polled every 50 ms). The
   "flushed" time also includes stop(), which writes the final flush and checkpoint.
+- service-split and fetch-split: the service and fetch paths in --processes child processes
+  (default: the CPU count), each with the tenants dealt to it round-robin, as that many `serve`
+  nodes on one host divide the rule groups. The children connect and build their workers first;
+  the time runs from one "go" message to all of them to the last one's end.
 
 Before any timing, the script creates a stream AW_BENCH_<hex> and a database aw_bench_<hex>
 (migrated), and publishes the events with core NATS publish, stamped with the current time.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import multiprocessing
 import os
 import platform
 import random
@@ -38,6 +44,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from multiprocessing.connection import Connection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +89,9 @@ SEED = 20261204
 TARGET_RATIO = 0.5
 POLL_INTERVAL_S = 0.05
 LOOKBACK_MARGIN_S = 30.0
-PATHS = ("fetch", "nats-py-fetch", "service")
+PATHS = ("fetch", "nats-py-fetch", "service", "fetch-split", "service-split")
+SPLIT_PATHS = {"fetch-split": "fetch", "service-split": "service"}
+"""Paths that run in --processes child processes, and the path each child runs."""
 STATUS_HEADER = "Status"
 """Header of the status replies that end or accompany a JetStream pull request."""
 STATE_TABLES = ("rule_state", "input_checkpoints", "evaluation_history")
@@ -460,33 +469,43 @@ async def wait_until_applied(
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
-async def run_service_pass(
-    js: JetStreamContext,
-    settings: JetStreamSettings,
-    store: PostgresStore,
-    tenants: Sequence[str],
-    rules_text: str,
-    last_sequences: dict[str, int],
-    timeout_s: float,
-) -> ServicePass:
+def build_workers(
+    js: JetStreamContext, settings: JetStreamSettings, store: PostgresStore, tenants: Sequence[str], rules_text: str
+) -> list[RuleGroupWorker]:
     config = worker_config(js, settings, store)
     # One rule list per worker, as the service's catalog builds them, because compiled rules
     # carry run-time counters.
-    workers = [
-        RuleGroupWorker(tenant, RULE_GROUP, load_rules_text(rules_text), config) for tenant in tenants
-    ]
-    gc.collect()
-    started = time.perf_counter()
+    return [RuleGroupWorker(tenant, RULE_GROUP, load_rules_text(rules_text), config) for tenant in tenants]
+
+
+@dataclass(slots=True)
+class WorkerRun:
+    """Monotonic clock readings of one set of workers, comparable across the processes of a host."""
+
+    started: float
+    evaluated: float
+    flushed: float
+
+
+async def run_workers(
+    workers: Sequence[RuleGroupWorker], last_sequences: dict[str, int], timeout_s: float, on_evaluated: Any = None
+) -> WorkerRun:
+    """Start the workers, wait until they applied their tenants' last messages, and stop them."""
+    started = time.monotonic()
     for worker in workers:
         worker.start()
     try:
         await wait_until_applied(workers, last_sequences, timeout_s)
-        evaluated = time.perf_counter()
+        evaluated = time.monotonic()
+        if on_evaluated is not None:
+            on_evaluated(evaluated)
     finally:
         await asyncio.gather(*(worker.stop() for worker in workers))
-    flushed = time.perf_counter()
+    return WorkerRun(started, evaluated, time.monotonic())
 
-    result = ServicePass(evaluated - started, flushed - started)
+
+def worker_totals(workers: Sequence[RuleGroupWorker], seconds: WorkerRun) -> ServicePass:
+    result = ServicePass(seconds.evaluated - seconds.started, seconds.flushed - seconds.started)
     for worker in workers:
         pipeline = worker.pipeline
         assert pipeline is not None, "a worker that applied messages has a pipeline"
@@ -501,6 +520,151 @@ async def run_service_pass(
         for reason, count in worker.counters.skipped.items():
             result.skipped[reason] = result.skipped.get(reason, 0) + count
     return result
+
+
+def add_totals(total: ServicePass, part: ServicePass) -> None:
+    total.flushes += part.flushes
+    total.flushed_rows += part.flushed_rows
+    total.flush_seconds += part.flush_seconds
+    total.transitions += part.transitions
+    total.events += part.events
+    total.matched += part.matched
+    total.late += part.late
+    for reason, count in part.skipped.items():
+        total.skipped[reason] = total.skipped.get(reason, 0) + count
+
+
+async def run_service_pass(
+    js: JetStreamContext,
+    settings: JetStreamSettings,
+    store: PostgresStore,
+    tenants: Sequence[str],
+    rules_text: str,
+    last_sequences: dict[str, int],
+    timeout_s: float,
+) -> ServicePass:
+    workers = build_workers(js, settings, store, tenants, rules_text)
+    gc.collect()
+    seconds = await run_workers(workers, last_sequences, timeout_s)
+    return worker_totals(workers, seconds)
+
+
+# ------------------------------------------------------------------------- split over processes
+
+
+@dataclass(frozen=True, slots=True)
+class ChildJob:
+    """What one child process of a split path runs: `path` is "fetch" or "service"."""
+
+    path: str
+    tenants: tuple[str, ...]
+    nats_url: str
+    settings: JetStreamSettings
+    database_url: str
+    signals: tuple[Signal, ...]
+    rules_text: str
+    last_sequences: dict[str, int]
+    timeout_s: float
+
+
+def split_tenants(tenants: Sequence[str], processes: int) -> list[tuple[str, ...]]:
+    """Deal the tenants out round-robin: the even split that `serve` nodes reach by fair_share."""
+    return [part for part in (tuple(tenants[index::processes]) for index in range(processes)) if part]
+
+
+def run_child(job: ChildJob, conn: Connection) -> None:
+    """Entry point of a child process: report ready, wait for "go", run the job, send its result."""
+    configure_logging("warning")
+    try:
+        asyncio.run(child_main(job, conn))
+    except BaseException as error:  # noqa: BLE001 - any failure must reach the parent as text
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+        raise
+
+
+async def child_main(job: ChildJob, conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    nc = await nats.connect(job.nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    store: PostgresStore | None = None
+    try:
+        js = nc.jetstream()
+        workers: list[RuleGroupWorker] = []
+        if job.path == "service":
+            store = PostgresStore(job.database_url, pool_max=setting_default("database_pool_max"))
+            await store.open()
+            workers = build_workers(js, job.settings, store, job.tenants, job.rules_text)
+        tune_gc()
+        gc.collect()
+        conn.send(("ready",))
+        await loop.run_in_executor(None, conn.recv)
+        if job.path == "fetch":
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(fetch_with_callback(nc, js, job.settings, tenant, job.signals) for tenant in job.tenants)
+            )
+            done = time.monotonic()
+            for consumer, _ in results:
+                await js.delete_consumer(job.settings.stream, consumer)
+            conn.send(("fetched", started, done, sum(delivered for _, delivered in results)))
+            return
+        seconds = await run_workers(
+            workers, job.last_sequences, job.timeout_s, on_evaluated=lambda at: conn.send(("evaluated", at))
+        )
+        conn.send(("flushed", seconds, worker_totals(workers, seconds)))
+    finally:
+        if store is not None:
+            await store.close()
+        await nc.close()
+
+
+async def run_split_pass(jobs: Sequence[ChildJob]) -> FetchPass | ServicePass:
+    """Run each job in a process of its own, started together once every process is ready.
+
+    The times run from the "go" message to the last process's end, on the monotonic clock, which
+    all processes of one host share. Process start, imports and connections are not timed.
+    """
+    context = multiprocessing.get_context("spawn")
+    pipes = [context.Pipe() for _ in jobs]
+    children = [
+        context.Process(target=run_child, args=(job, child_end), name=f"bench-{job.path}-{index}", daemon=True)
+        for index, (job, (_, child_end)) in enumerate(zip(jobs, pipes, strict=True))
+    ]
+    loop = asyncio.get_running_loop()
+
+    async def receive(conn: Connection, expected: str) -> tuple[Any, ...]:
+        try:
+            message = await loop.run_in_executor(None, conn.recv)
+        except EOFError:
+            raise SystemExit("a benchmark child process exited without a result; see its output above") from None
+        if message[0] != expected:
+            raise SystemExit(f"a benchmark child process failed: {message[-1]}")
+        return message
+
+    for child in children:
+        child.start()
+    try:
+        for parent_end, _ in pipes:
+            await receive(parent_end, "ready")
+        started = time.monotonic()
+        for parent_end, _ in pipes:
+            parent_end.send("go")
+        if jobs[0].path == "fetch":
+            fetched = [await receive(parent_end, "fetched") for parent_end, _ in pipes]
+            return FetchPass(max(message[2] for message in fetched) - started, sum(m[3] for m in fetched))
+        evaluated = [await receive(parent_end, "evaluated") for parent_end, _ in pipes]
+        flushed = [await receive(parent_end, "flushed") for parent_end, _ in pipes]
+        result = ServicePass(
+            max(message[1] for message in evaluated) - started,
+            max(message[1].flushed for message in flushed) - started,
+        )
+        for message in flushed:
+            add_totals(result, message[2])
+        return result
+    finally:
+        for child in children:
+            await loop.run_in_executor(None, child.join, 30.0)
+            if child.is_alive():
+                child.kill()
 
 
 def check_service_pass(result: ServicePass, event_count: int) -> None:
@@ -527,7 +691,7 @@ def check_service_pass(result: ServicePass, event_count: int) -> None:
 @dataclass(slots=True)
 class Measurements:
     fetch: dict[str, list[FetchPass]] = field(default_factory=dict)
-    service: list[ServicePass] = field(default_factory=list)
+    service: dict[str, list[ServicePass]] = field(default_factory=dict)
 
 
 async def measure(args: argparse.Namespace, paths: Sequence[str]) -> None:
@@ -552,7 +716,7 @@ async def measure(args: argparse.Namespace, paths: Sequence[str]) -> None:
                 await store.close()
     finally:
         await nc.close()
-    print_results(measurements, args.events)
+    print_results(measurements, args.events, args.processes)
 
 
 async def measure_paths(
@@ -575,6 +739,12 @@ async def measure_paths(
         for path in order:
             if path in FETCHERS:
                 fetch = await run_fetch_pass(path, nc, js, settings, workload.tenants, signals)
+            elif path == "fetch-split":
+                fetch = await run_split_pass(split_jobs("fetch", args, settings, url, workload, last_sequences))
+            else:
+                fetch = None
+            if fetch is not None:
+                assert isinstance(fetch, FetchPass)
                 measurements.fetch.setdefault(path, []).append(fetch)
                 print(f"  {path}: {fetch.seconds:.2f} s", file=sys.stderr, flush=True)
                 continue
@@ -585,17 +755,46 @@ async def measure_paths(
                     f"workers (which read back {WINDOW_S} s) would miss some; lower --events or --repeats"
                 )
             await reset_state(url)
-            service = await run_service_pass(
-                js, settings, store, workload.tenants, rules_text, last_sequences, args.timeout_s
-            )
+            if path == "service":
+                service = await run_service_pass(
+                    js, settings, store, workload.tenants, rules_text, last_sequences, args.timeout_s
+                )
+            else:
+                split = await run_split_pass(split_jobs("service", args, settings, url, workload, last_sequences))
+                assert isinstance(split, ServicePass)
+                service = split
             check_service_pass(service, len(workload.events))
-            measurements.service.append(service)
+            measurements.service.setdefault(path, []).append(service)
             print(
-                f"  service: evaluated {service.evaluated_s:.2f} s, flushed {service.flushed_s:.2f} s",
+                f"  {path}: evaluated {service.evaluated_s:.2f} s, flushed {service.flushed_s:.2f} s",
                 file=sys.stderr,
                 flush=True,
             )
     return measurements
+
+
+def split_jobs(
+    path: str,
+    args: argparse.Namespace,
+    settings: JetStreamSettings,
+    url: str,
+    workload: Workload,
+    last_sequences: dict[str, int],
+) -> list[ChildJob]:
+    return [
+        ChildJob(
+            path=path,
+            tenants=tenants,
+            nats_url=args.nats_url,
+            settings=settings,
+            database_url=url,
+            signals=rule_signals(args.signal),
+            rules_text=rules_yaml(args.signal, args.threshold),
+            last_sequences={tenant: last_sequences[tenant] for tenant in tenants},
+            timeout_s=args.timeout_s,
+        )
+        for tenants in split_tenants(workload.tenants, args.processes)
+    ]
 
 
 # ------------------------------------------------------------------------------------ report
@@ -646,25 +845,38 @@ def print_header(args: argparse.Namespace, nc: NatsClient, pg_version: str, sett
         f"data: {args.events:,} events over {args.tenants} tenants, {args.keys:,} src_ip keys per tenant, "
         f"seed {SEED}; rules per tenant: 10, signal {args.signal}, group_by [src_ip], threshold "
         f"{args.threshold}, window {WINDOW_S}s, bucket {BUCKET_S}s; fetch batch {settings.fetch_batch}; "
-        f"best and median of {args.repeats}\n",
+        f"split paths in {args.processes} processes; best and median of {args.repeats}\n",
         flush=True,
     )
 
 
-ROW_NAMES = {
-    "fetch": "fetch-only, pull requests + callback",
-    "nats-py-fetch": "fetch-only, nats-py PullSubscription.fetch",
-}
+def row_name(path: str, processes: int) -> str:
+    names = {
+        "fetch": "fetch-only, pull requests + callback",
+        "nats-py-fetch": "fetch-only, nats-py PullSubscription.fetch",
+        "fetch-split": f"fetch-only, pull requests + callback, {processes} processes",
+        "service": "service",
+        "service-split": f"service, {processes} processes",
+    }
+    return names[path]
 
 
-def print_results(measurements: Measurements, event_count: int) -> None:
-    rows = [(ROW_NAMES[path], [p.seconds for p in passes]) for path, passes in measurements.fetch.items()]
-    if measurements.service:
-        rows.append(("service, evaluated", [p.evaluated_s for p in measurements.service]))
-        rows.append(("service, evaluated + final flush", [p.flushed_s for p in measurements.service]))
-    reference = measurements.fetch.get("fetch")
-    reference_rate = event_count / statistics.median(p.seconds for p in reference) if reference else None
+def print_results(measurements: Measurements, event_count: int, processes: int) -> None:
+    rows = [
+        (row_name(path, processes), [p.seconds for p in passes]) for path, passes in measurements.fetch.items()
+    ]
+    service_rows: list[tuple[str, list[float]]] = []
+    for path, service_passes in measurements.service.items():
+        name = row_name(path, processes)
+        service_rows.append((f"{name}, evaluated", [p.evaluated_s for p in service_passes]))
+        service_rows.append((f"{name}, evaluated + final flush", [p.flushed_s for p in service_passes]))
+    rows += service_rows
 
+    def rate_of(path: str) -> float | None:
+        passes = measurements.fetch.get(path)
+        return event_count / statistics.median(p.seconds for p in passes) if passes else None
+
+    reference_rate = rate_of("fetch")
     print("| path | events | median s | median events/s | best events/s | median / fetch-only median |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, seconds in rows:
@@ -678,17 +890,25 @@ def print_results(measurements: Measurements, event_count: int) -> None:
     for path, passes in measurements.fetch.items():
         if passes[0].delivered != event_count:
             print(f"The {path} consumers received {passes[0].delivered:,} messages for {event_count:,} events.")
-    if measurements.service:
-        last = measurements.service[-1]
+    for path, service_passes in measurements.service.items():
+        last = service_passes[-1]
         print(
-            f"Service pass (last of {len(measurements.service)}): {last.flushes} flushes of {last.flushed_rows:,} "
-            f"rows in {last.flush_seconds:.2f} s summed over the workers, {last.transitions:,} transitions."
+            f"{row_name(path, processes)} pass (last of {len(service_passes)}): {last.flushes} flushes of "
+            f"{last.flushed_rows:,} rows in {last.flush_seconds:.2f} s summed over the workers, "
+            f"{last.transitions:,} transitions."
         )
-    if reference_rate and measurements.service:
-        for name, seconds in rows[-2:]:
+    if reference_rate:
+        for name, seconds in service_rows:
             share = event_count / statistics.median(seconds) / reference_rate
             verdict = "met" if share >= TARGET_RATIO else "missed"
             print(f"Goal service >= {TARGET_RATIO:.0%} of fetch-only, {name}: {share:.1%}, {verdict}.")
+    # The like-for-like figure: the same number of processes on both sides.
+    split_rate = rate_of("fetch-split")
+    if split_rate and "service-split" in measurements.service:
+        for name, seconds in service_rows:
+            if name.startswith(row_name("service-split", processes)):
+                share = event_count / statistics.median(seconds) / split_rate
+                print(f"{name} / fetch-only in {processes} processes: {share:.1%}.")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -706,8 +926,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--paths",
-        default="fetch,service",
-        help="comma-separated paths to time: fetch, nats-py-fetch, service (default fetch,service)",
+        default="fetch,service,fetch-split,service-split",
+        help="comma-separated paths to time: fetch, nats-py-fetch, service, fetch-split, service-split "
+        "(default all but nats-py-fetch)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="processes of the fetch-split and service-split paths, which deal the tenants out "
+        "among them (default: the CPU count)",
     )
     parser.add_argument(
         "--signal",
@@ -724,7 +952,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
 
-    for name in ("events", "tenants", "keys", "repeats", "threshold"):
+    for name in ("events", "tenants", "keys", "repeats", "threshold", "processes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     unknown = [path for path in args.paths.split(",") if path.strip() not in PATHS]
