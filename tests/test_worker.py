@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from alertwarden.engine.evaluator import Evaluator
+from alertwarden.pipeline import RuleGroupPipeline
+from alertwarden.service.runtime import DiscardSink
 from alertwarden.service.worker import RuleGroupWorker, WorkerConfig, cancel_and_wait
+from alertwarden.store.sqlite import SQLiteStore
 
 
 class CancelLosingSource:
@@ -25,14 +29,6 @@ class CancelLosingSource:
         return []
 
 
-class IdlePipeline:
-    def __init__(self) -> None:
-        self.ticks = 0
-
-    async def tick_idle(self, now_s: float, offset: int) -> None:
-        self.ticks += 1
-
-
 async def test_worker_stop_survives_lost_cancel() -> None:
     config = WorkerConfig(
         store=None,  # type: ignore[arg-type]
@@ -43,9 +39,13 @@ async def test_worker_stop_survives_lost_cancel() -> None:
     )
     worker = RuleGroupWorker("acme", "default", [], config)
     source = CancelLosingSource()
-    pipeline = IdlePipeline()
+    # A real pipeline without rules: the compiled worker accepts no stand-in for it.
+    store = SQLiteStore(":memory:")
+    await store.open()
+    pipeline = RuleGroupPipeline(Evaluator([]), [], store, DiscardSink(), source="test")
     consume = asyncio.create_task(worker._consume(source, pipeline))  # type: ignore[arg-type]
-    while source.calls < 2 or pipeline.ticks < 1:
+    # The empty first batch makes the worker tick the idle pipeline, which starts its clock.
+    while source.calls < 2 or pipeline.evaluator.now is None:
         await asyncio.sleep(0.01)
 
     # The stop cancels the fetcher, which goes on and then blocks on the full queue.
@@ -55,6 +55,7 @@ async def test_worker_stop_survives_lost_cancel() -> None:
 
     assert consume.done(), "the worker's stop waits for a fetcher that lost its cancel"
     assert source.calls >= 3
+    await store.close()
 
 
 async def test_cancel_and_wait_plain_task() -> None:

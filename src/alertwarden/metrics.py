@@ -104,6 +104,12 @@ class Metrics:
             "Active rule groups whose lease another node holds.",
             registry=registry,
         )
+        self.build_info = Gauge(
+            "alertwarden_build_info",
+            "Always 1. compiled is true when the per-event modules run as mypyc extension modules.",
+            ["version", "compiled"],
+            registry=registry,
+        )
         self.live_nodes = Gauge(
             "alertwarden_live_nodes",
             "Nodes with an open lease session on this database, this one included, at the last rules poll.",

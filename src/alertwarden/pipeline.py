@@ -333,9 +333,9 @@ class RuleGroupPipeline:
         if now_s is None or not math.isfinite(self.history_retention_s):
             return
         try:
-            self.stats.pruned += await self.store.prune_history(
-                self.tenant, now_s - self.history_retention_s
-            )
+            # Awaited apart from the +=: mypyc fails on an await inside an augmented assignment.
+            pruned = await self.store.prune_history(self.tenant, now_s - self.history_retention_s)
+            self.stats.pruned += pruned
         except StoreError as exc:
             # Pruning is retried by the next flush; the history only grows until then.
             self._store_failed("prune_history", exc)

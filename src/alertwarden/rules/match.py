@@ -148,8 +148,11 @@ class _Node:
     hint: IndexHint | None = None
 
 
-def compile_filter(tree: dict[str, Any] | None) -> CompiledFilter:
-    """Compile a match filter tree; None matches every event. Raises FilterError."""
+def compile_filter(tree: Any) -> CompiledFilter:
+    """Compile a match filter tree; None matches every event. Raises FilterError.
+
+    The tree comes from a rule file or an API request, so it may hold any YAML or JSON value.
+    """
     if tree is None:
         return CompiledFilter(_match_all, frozenset(), ("every event",))
     compiler = _FilterCompiler()

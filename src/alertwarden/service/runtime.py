@@ -29,11 +29,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+import alertwarden
 from alertwarden.api.app import MIN_ADMIN_TOKEN_CHARS, create_app
 from alertwarden.cluster.leases import LeaseHolder, fair_share
 from alertwarden.errors import ConfigError, StoreError
 from alertwarden.logs import RateLimitedLog, get_logger
 from alertwarden.metrics import Metrics
+from alertwarden.native import is_compiled
 from alertwarden.service.catalog import GroupId, GroupSpec, RuleCatalog
 from alertwarden.service.unknown import MAX_UNKNOWN_TENANTS, UnknownTenantCounter
 from alertwarden.service.worker import RuleGroupWorker, WorkerConfig
@@ -163,11 +165,16 @@ class Service:
             tune_gc()
             api = asyncio.create_task(server.serve(sockets=[listener]), name="api")
             self._api_task = api
+            compiled = is_compiled()
+            self.metrics.build_info.labels(version=alertwarden.__version__, compiled=str(compiled).lower()).set(1)
+            if alertwarden.SOURCES_REASON is not None:
+                log.warning("compiled_modules_not_used", reason=alertwarden.SOURCES_REASON)
             log.info(
                 "service_started",
                 bind=f"{settings.bind_host}:{settings.bind_port}",
                 stream=self.jetstream.stream,
                 pid=os.getpid(),
+                compiled=compiled,
             )
             await self._supervise(api)
         finally:

@@ -109,7 +109,7 @@ OCSF_MIN_TIME_MS = 100_000_000_000
 
 def ocsf_event(fields: dict[str, Any]) -> Event:
     """Build an OCSF event: `time` is integer milliseconds, event_id is `metadata.uid`."""
-    raw = fields.get("time")
+    raw: Any = fields.get("time")
     if raw is None:
         raise bad_timestamp("time", raw, "an OCSF event needs `time` in epoch milliseconds")
     if type(raw) is not int and type(raw) is not float:
