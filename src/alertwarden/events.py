@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any
 
 
@@ -26,7 +25,6 @@ class SkipReason(enum.StrEnum):
     WRONG_TYPE = "wrong_type"
 
 
-@dataclass(slots=True)
 class Event:
     """One input record, normalised.
 
@@ -35,10 +33,38 @@ class Event:
     has one, used to drop redeliveries.
     """
 
-    time_s: float
-    fields: dict[str, Any]
-    signal: Signal = Signal.LOGS
-    event_id: str | None = None
+    # A plain class, not a dataclass: compiled, the __init__ that dataclasses generates stays
+    # interpreted, and every event is built through it (0.8 us against 0.1 us).
+    __slots__ = ("time_s", "fields", "signal", "event_id")
+
+    def __init__(
+        self,
+        time_s: float,
+        fields: dict[str, Any],
+        signal: Signal = Signal.LOGS,
+        event_id: str | None = None,
+    ) -> None:
+        self.time_s = time_s
+        self.fields = fields
+        self.signal = signal
+        self.event_id = event_id
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(time_s={self.time_s!r}, fields={self.fields!r}, signal={self.signal!r}, "
+            f"event_id={self.event_id!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.time_s, self.fields, self.signal, self.event_id) == (
+            other.time_s,
+            other.fields,
+            other.signal,
+            other.event_id,
+        )
+
 
 
 class FieldPath:

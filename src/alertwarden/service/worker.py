@@ -24,13 +24,12 @@ from alertwarden.cluster.leases import Fence, LeaseLostError
 from alertwarden.engine.evaluator import ClockMode, EngineSettings, Evaluator
 from alertwarden.engine.records import FlushBatch, Transition
 from alertwarden.errors import EventError
-from alertwarden.events import Event, Signal
 from alertwarden.logs import RateLimitedLog, get_logger
 from alertwarden.pipeline import RuleGroupPipeline
 from alertwarden.rules import CompiledRule
+from alertwarden.service.batch import RecordParser, evaluate_records
 from alertwarden.sinks.base import Sink
-from alertwarden.sources.jetstream import JetStreamInput, JetStreamSettings, OversizedMessage, StreamRecord
-from alertwarden.sources.jsonl import JsonParser, OcsfParser
+from alertwarden.sources.jetstream import JetStreamInput, JetStreamSettings, StreamRecord
 from alertwarden.store.base import HistoryRecord, StateStore, StoredState
 
 log = get_logger(__name__)
@@ -203,8 +202,7 @@ class RuleGroupWorker:
         self._task: asyncio.Task[None] | None = None
         self._skip_log = RateLimitedLog(SKIP_LOG_INTERVAL_S)
         self._log = log.bind(tenant=tenant, rule_group=rule_group)
-        self._logs_parser = JsonParser()
-        self._events_parser = OcsfParser()
+        self._parser = RecordParser(self._skipped)
 
     @property
     def started(self) -> bool:
@@ -397,17 +395,21 @@ class RuleGroupWorker:
         self.caught_up = False
         perf_counter = time.perf_counter
         slice_end = perf_counter() + TIME_SLICE_S
-        process_nowait = pipeline.process_nowait
-        parse = self._parse
-        stopping = self._stop.is_set
-        for record in records:
-            if stopping():
+        parser = self._parser
+        index = 0
+        count = len(records)
+        while index < count:
+            # The stop is set by another task, so it can only change between these calls.
+            if self._stop.is_set():
                 return
-            event = parse(record)
-            if event is not None and not process_nowait(event, record.offset, record.stored_at):
+            index, flushing = evaluate_records(pipeline, records, index, parser, slice_end, perf_counter)
+            if flushing is not None:
                 # The record flushes, or transitions are not deferred.
-                await pipeline.process(event, record.offset, record.stored_at)
-            self.applied_offset = record.end_offset
+                record = records[index]
+                await pipeline.process(flushing, record.offset, record.stored_at)
+                index += 1
+            if index:
+                self.applied_offset = records[index - 1].end_offset
             if perf_counter() >= slice_end:
                 # nats-py hands a fetched batch over one message per event loop turn, so a
                 # worker that kept the loop for a whole batch would slow every other
@@ -419,20 +421,6 @@ class RuleGroupWorker:
         if not more or pipeline.deferred_age_s() >= EMIT_INTERVAL_S:
             await pipeline.emit_deferred()
         self._update_health()
-
-    def _parse(self, record: StreamRecord) -> Event | None:
-        try:
-            if isinstance(record, OversizedMessage):
-                raise record.error()
-            if record.signal is Signal.EVENTS:
-                return self._events_parser.parse(record.data)
-            event = self._logs_parser.parse(record.data)
-            # The subject decides the signal: an OCSF-looking record on a logs subject is a log.
-            event.signal = Signal.LOGS
-            return event
-        except EventError as error:
-            self._skipped(error, record)
-            return None
 
     def _skipped(self, error: EventError, record: StreamRecord) -> None:
         reason = str(error.reason)

@@ -31,12 +31,9 @@ from nats.js.api import (
 from alertwarden.errors import ConfigError, EventError
 from alertwarden.events import Signal, SkipReason
 from alertwarden.logs import get_logger
-from alertwarden.sources.pull import PullError, PullFetcher, parse_reply
+from alertwarden.sources.pull import MSG_ID_HEADER, PullError, PullFetcher, accept_messages, parse_reply
 
 log = get_logger(__name__)
-
-MSG_ID_HEADER = "Nats-Msg-Id"
-"""Header that JetStream uses to drop a repeated publish within the stream's duplicate window."""
 
 TENANT_PLACEHOLDER = "{tenant}"
 MAX_TENANT_LENGTH = 64
@@ -405,55 +402,11 @@ class JetStreamInput:
                 return records
 
     def _accept_all(self, messages: list[Msg]) -> list[StreamRecord]:
-        """Turn a fetched batch into records; the same as `_accept` on each message, inlined.
+        """Turn a fetched batch into records: `_accept` on each message, with the common case inlined.
 
-        This runs once per message of every tenant, so the common case (the 9-token reply
-        subject, a subject seen before, a payload within the limit) avoids function calls.
+        accept_messages (pull.py, compiled) handles the common case and calls `_accept` for the rest.
         """
-        records: list[StreamRecord] = []
-        append = records.append
-        # NamedTuple's generated __new__ also takes keywords, which made it about three times as
-        # slow per call as tuple.__new__ with the values in field order (timeit, CPython 3.11).
-        new_message = tuple.__new__
-        cache = self._signal_cache
-        limit = self.max_message_bytes
-        for message in messages:
-            tokens = message.reply.split(".")
-            subject = message.subject
-            data = message.data
-            if (
-                len(tokens) != 9
-                or tokens[0] != "$JS"
-                or tokens[1] != "ACK"
-                or not tokens[5].isdecimal()
-                or not tokens[7].isdecimal()
-                or len(data) > limit
-                or (signal := cache.get(subject)) is None
-            ):
-                # Other reply forms, oversized payloads, new subjects and other tenants' subjects.
-                if (record := self._accept(message)) is not None:
-                    append(record)
-                continue
-            sequence = int(tokens[5])
-            if sequence < self.next_sequence:
-                continue
-            self.next_sequence = sequence + 1
-            headers = message.headers
-            append(
-                new_message(
-                    StreamMessage,
-                    (
-                        sequence,
-                        sequence + 1,
-                        subject,
-                        signal,
-                        data,
-                        headers.get(MSG_ID_HEADER) if headers else None,
-                        int(tokens[7]) / 1_000_000_000,
-                    ),
-                )
-            )
-        return records
+        return accept_messages(self, messages, StreamMessage._make)
 
     def _accept(self, message: Msg) -> StreamRecord | None:
         delivery = parse_reply(message.reply)

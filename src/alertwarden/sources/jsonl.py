@@ -7,7 +7,7 @@ OpenTelemetry parser renames a few keys and rewrites OTLP/JSON attribute lists i
 from __future__ import annotations
 
 from datetime import UTC, tzinfo
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -47,6 +47,10 @@ OCSF_SOURCE_PATHS = (
     ("src_endpoint", "ip"),
     ("metadata", "product", "name"),
 )
+
+# Compiled, a Final constant is a C variable, and Signal.LOGS a lookup on the enum class.
+_LOGS: Final = Signal.LOGS
+_EVENTS: Final = Signal.EVENTS
 
 GENERIC_TIME_KEYS = ("ts", "timestamp", "time", "@timestamp", "datetime")
 GENERIC_ID_KEYS = ("id", "event_id")
@@ -138,7 +142,7 @@ def ocsf_event(fields: dict[str, Any]) -> Event:
             if source is not None:
                 fields["source_id"] = source
                 break
-    return Event(time_s, fields, Signal.EVENTS, event_id)
+    return Event(time_s, fields, _EVENTS, event_id)
 
 
 # --- OpenTelemetry --------------------------------------------------------------------------
@@ -174,7 +178,7 @@ def otel_event(fields: dict[str, Any], tz: tzinfo = UTC) -> Event:
                 if source is not None:
                     fields["source_id"] = source
                     break
-    return Event(time_s, fields, Signal.LOGS, event_id)
+    return Event(time_s, fields, _LOGS, event_id)
 
 
 def _otel_time(fields: dict[str, Any], tz: tzinfo) -> float:
@@ -299,7 +303,7 @@ def generic_event(fields: dict[str, Any], tz: tzinfo = UTC) -> Event:
                 if source is not None:
                     fields["source_id"] = source
                     break
-    return Event(time_s, fields, Signal.LOGS, event_id)
+    return Event(time_s, fields, _LOGS, event_id)
 
 
 # --- parsers --------------------------------------------------------------------------------

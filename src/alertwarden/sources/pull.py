@@ -10,7 +10,8 @@ so this module sends the JetStream pull requests itself and keeps what the callb
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import orjson
 from nats.aio.client import Client
@@ -140,3 +141,56 @@ class PullFetcher:
         request = {"batch": self.batch, "expires": int(timeout_s * 1_000_000_000)}
         self._credits = self.batch
         await self.client.publish(self.subject, orjson.dumps(request), reply=self._inbox)
+
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+"""The header that carries a message's id, by which JetStream drops a repeated publish."""
+
+_DELIVERY_TOKENS = 9
+"""Tokens of a delivery subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>."""
+
+
+def accept_messages(source: Any, messages: list[Msg], make_record: Callable[[tuple[Any, ...]], Any]) -> list[Any]:
+    """Return the records of `messages` for JetStreamInput `source`, updating its next_sequence.
+
+    The common case (the 9-token reply subject, a subject whose signal `source` has cached, a
+    payload within its limit) is handled here. Every other message goes to `source._accept`,
+    which counts, logs or drops it. `make_record` is StreamMessage._make, which builds a record from
+    its field values without the keyword handling of the NamedTuple constructor.
+    """
+    records: list[Any] = []
+    cache: dict[str, Any] = source._signal_cache
+    limit: int = source.max_message_bytes
+    next_sequence: int = source.next_sequence
+    for message in messages:
+        reply: str = message.reply
+        subject: str = message.subject
+        data: bytes = message.data
+        tokens = reply.split(".")
+        signal = cache.get(subject)
+        if (
+            len(tokens) != _DELIVERY_TOKENS
+            or tokens[0] != "$JS"
+            or tokens[1] != "ACK"
+            or not tokens[5].isdecimal()
+            or not tokens[7].isdecimal()
+            or len(data) > limit
+            or signal is None
+        ):
+            source.next_sequence = next_sequence
+            record = source._accept(message)
+            next_sequence = source.next_sequence
+            if record is not None:
+                records.append(record)
+            continue
+        sequence = int(tokens[5])
+        if sequence < next_sequence:
+            # A replaced consumer had already sent it.
+            continue
+        next_sequence = sequence + 1
+        headers = message.headers
+        msg_id = headers.get(MSG_ID_HEADER) if headers else None
+        stored_at = int(tokens[7]) / 1_000_000_000
+        records.append(make_record((sequence, next_sequence, subject, signal, data, msg_id, stored_at)))
+    source.next_sequence = next_sequence
+    return records
