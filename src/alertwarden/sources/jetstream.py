@@ -406,7 +406,7 @@ class JetStreamInput:
 
         accept_messages (pull.py, compiled) handles the common case and calls `_accept` for the rest.
         """
-        return accept_messages(self, messages, StreamMessage._make)
+        return accept_messages(self, messages, StreamMessage)
 
     def _accept(self, message: Msg) -> StreamRecord | None:
         delivery = parse_reply(message.reply)

@@ -10,7 +10,6 @@ so this module sends the JetStream pull requests itself and keeps what the callb
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -150,13 +149,13 @@ _DELIVERY_TOKENS = 9
 """Tokens of a delivery subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>."""
 
 
-def accept_messages(source: Any, messages: list[Msg], make_record: Callable[[tuple[Any, ...]], Any]) -> list[Any]:
+def accept_messages(source: Any, messages: list[Msg], record_type: Any) -> list[Any]:
     """Return the records of `messages` for JetStreamInput `source`, updating its next_sequence.
 
     The common case (the 9-token reply subject, a subject whose signal `source` has cached, a
     payload within its limit) is handled here. Every other message goes to `source._accept`,
-    which counts, logs or drops it. `make_record` is StreamMessage._make, which builds a record from
-    its field values without the keyword handling of the NamedTuple constructor.
+    which counts, logs or drops it. `record_type` is StreamMessage, built with tuple.__new__ from
+    its field values: the NamedTuple constructor and _make are interpreted and slower.
     """
     records: list[Any] = []
     cache: dict[str, Any] = source._signal_cache
@@ -191,6 +190,7 @@ def accept_messages(source: Any, messages: list[Msg], make_record: Callable[[tup
         headers = message.headers
         msg_id = headers.get(MSG_ID_HEADER) if headers else None
         stored_at = int(tokens[7]) / 1_000_000_000
-        records.append(make_record((sequence, next_sequence, subject, signal, data, msg_id, stored_at)))
+        values = (sequence, next_sequence, subject, signal, data, msg_id, stored_at)
+        records.append(tuple.__new__(record_type, values))
     source.next_sequence = next_sequence
     return records
