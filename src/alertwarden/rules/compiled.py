@@ -8,7 +8,7 @@ from typing import Any
 
 from alertwarden.events import FieldPath, Signal
 from alertwarden.rules.durations import format_duration
-from alertwarden.rules.match import Captures, IndexHint, Matcher
+from alertwarden.rules.match import Captures, IndexHint, Matcher, RegexTimeoutCounter
 from alertwarden.rules.model import MissingKeyPolicy, RuleDefinition
 from alertwarden.rules.templates import FIXED_PLACEHOLDERS, Template, format_at
 
@@ -49,6 +49,9 @@ class CompiledRule:
     placeholder_aliases: tuple[tuple[str, str], ...] = field(repr=False, compare=False, default=())
     """(last segment, full path) of each group_by path whose last segment is a placeholder."""
     index_hint: IndexHint | None = field(repr=False, compare=False, default=None)
+    timeout_counter: RegexTimeoutCounter = field(repr=False, compare=False, default_factory=RegexTimeoutCounter)
+    """The filter's counter, read through `regex_timeouts` after each batch: a read through
+    `definition` goes through pydantic's attribute lookup, which costs microseconds."""
 
     @property
     def bucket_count(self) -> int:
@@ -61,7 +64,7 @@ class CompiledRule:
         Each one made its condition not match. The count is shared by every CompiledRule built
         from the same RuleDefinition.
         """
-        return self.definition.compiled_filter.regex_timeouts.count
+        return self.timeout_counter.count
 
     def match(self, fields: dict[str, Any]) -> Captures | None:
         """Return None when the event fields do not match, else the regex captures.
@@ -131,6 +134,7 @@ def compile_rule(definition: RuleDefinition) -> CompiledRule:
         templates=dict(definition.templates),
         placeholder_aliases=_placeholder_aliases(definition),
         index_hint=definition.compiled_filter.index_hint,
+        timeout_counter=definition.compiled_filter.regex_timeouts,
     )
 
 
