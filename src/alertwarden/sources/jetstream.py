@@ -402,7 +402,7 @@ class JetStreamInput:
                 return records
 
     def _accept_all(self, messages: list[Msg]) -> list[StreamRecord]:
-        """Turn a fetched batch into records: `_accept` on each message, with the common case inlined.
+        """Turn a fetched batch into records, as `_accept` does for each message.
 
         accept_messages (pull.py, compiled) handles the common case and calls `_accept` for the rest.
         """
