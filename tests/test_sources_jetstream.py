@@ -401,15 +401,15 @@ def test_parse_reply_forms(reply: str, expected: tuple[int, float]) -> None:
     assert delivery.stored_at == pytest.approx(expected[1], abs=1e-6)
 
 
-@pytest.mark.parametrize("reply", ["", "_INBOX.abc", "$JS.ACK.S.C.1.x.7.9.0", "$JS.API.X.1.2.3.4.5.6"])
-def test_parse_reply_rejects_other_subjects(reply: str) -> None:
+@pytest.mark.parametrize("reply", [None, "", "_INBOX.abc", "$JS.ACK.S.C.1.x.7.9.0", "$JS.API.X.1.2.3.4.5.6"])
+def test_parse_reply_rejects_other_subjects(reply: str | None) -> None:
     assert parse_reply(reply) is None
 
 
 # ------------------------------------------------------------ batch acceptance, no server
 
 
-def delivered(subject: str, reply: str, data: bytes = b"{}", msg_id: str | None = None) -> Msg:
+def delivered(subject: str, reply: str | None, data: bytes = b"{}", msg_id: str | None = None) -> Msg:
     headers = {MSG_ID_HEADER: msg_id} if msg_id is not None else None
     return Msg(_client=None, subject=subject, reply=reply, data=data, headers=headers)  # type: ignore[arg-type]
 
@@ -440,6 +440,8 @@ BATCH = [
     delivered("p.logs.acme.ingest", ack(9), data=b"x" * 65),
     delivered("p.events.acme.ingest", ack(10)),
     delivered("p.logs.acme.ingest", "_INBOX.abc"),
+    # Published to the inbox without a reply subject.
+    delivered("p.logs.acme.ingest", None),
     delivered("p.logs.acme.ingest", "$JS.ACK.AW.c1.1.x11.11.1700000001000000000.0"),
     delivered("p.logs.acme.ingest", ack(12), msg_id="ev-12"),
 ]

@@ -19,6 +19,7 @@ from alertwarden.sources.jsonl import JsonParser, OcsfParser
 _LOGS: Final = Signal.LOGS
 _EVENTS: Final = Signal.EVENTS
 
+
 class RecordParser:
     """Parse stream records into events; the subject's signal decides the format."""
 
@@ -44,7 +45,12 @@ class RecordParser:
 
 
 def evaluate_records(
-    pipeline: RuleGroupPipeline, records: list[Any], start: int, parser: RecordParser, stop_at: float, clock: Callable[[], float]
+    pipeline: RuleGroupPipeline,
+    records: list[Any],
+    start: int,
+    parser: RecordParser,
+    stop_at: float,
+    clock: Callable[[], float],
 ) -> tuple[int, Event | None]:
     """Evaluate records from `start` on with `process_nowait`, without awaiting.
 

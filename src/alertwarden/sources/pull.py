@@ -38,13 +38,15 @@ class Delivery(NamedTuple):
     stored_at: float
 
 
-def parse_reply(reply: str) -> Delivery | None:
+def parse_reply(reply: str | None) -> Delivery | None:
     """Return the stream sequence and stored time (UTC seconds) of a `$JS.ACK` reply subject.
 
     Handles the 9-token form `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
     seq>.<nanoseconds>.<pending>` and the 12-token form with domain and account hash. Returns
-    None for any other subject.
+    None for any other subject, and for a message without one.
     """
+    if not reply:
+        return None
     tokens = reply.split(".")
     if len(tokens) < 9 or tokens[0] != "$JS" or tokens[1] != "ACK":
         return None
@@ -149,20 +151,22 @@ _DELIVERY_TOKENS = 9
 """Tokens of a delivery subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>."""
 
 
-def accept_messages(source: Any, messages: list[Msg], record_type: Any) -> list[Any]:
+def accept_messages(source: Any, messages: list[Any], record_type: Any) -> list[Any]:
     """Return the records of `messages` for JetStreamInput `source`, updating its next_sequence.
 
     The common case (the 9-token reply subject, a subject whose signal `source` has cached, a
     payload within its limit) is handled here. Every other message goes to `source._accept`,
     which counts, logs or drops it. `record_type` is StreamMessage, built with tuple.__new__ from
     its field values: the NamedTuple constructor and _make are interpreted and slower.
+    `messages` are nats-py Msg objects, typed Any: compiled code would otherwise check each field
+    against Msg's annotations, and `reply` is None for a message published without one.
     """
     records: list[Any] = []
     cache: dict[str, Any] = source._signal_cache
     limit: int = source.max_message_bytes
     next_sequence: int = source.next_sequence
     for message in messages:
-        reply: str = message.reply
+        reply: str = message.reply or ""
         subject: str = message.subject
         data: bytes = message.data
         tokens = reply.split(".")
