@@ -85,13 +85,17 @@ def test_compiled_and_source_modules_make_the_same_transitions(
     lines = write_bursty_input(events, seed=7, start_s=START_S, hours=6)
 
     outputs = {}
+    stderrs = {}
     for name, pure_python in (("default", "0"), ("source", "1")):
         monkeypatch.setenv(PURE_PYTHON_VARIABLE, pure_python)
         done = run_to_end(run_command(rules, events, SQLiteState(tmp_path / f"{name}.sqlite")))
         assert done.returncode == 0, done.stderr
         outputs[name] = [json.loads(line) for line in done.stdout_lines]
+        stderrs[name] = done.stderr
 
     transitions = outputs["default"]
     assert lines > 1_000
     assert {transition["kind"] for transition in transitions} == {"fired", "recovered", "cooldown_hit", "renotified"}
     assert transitions == outputs["source"]
+    assert "compiled_modules_not_used" in stderrs["source"]
+    assert "compiled_modules_not_used" not in stderrs["default"]
