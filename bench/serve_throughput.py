@@ -554,7 +554,7 @@ async def run_service_pass(
 
 @dataclass(frozen=True, slots=True)
 class ChildJob:
-    """What one child process of a split path runs: `path` is "fetch" or "service"."""
+    """The work of one child process of a split path; `path` is "fetch" or "service"."""
 
     path: str
     tenants: tuple[str, ...]

@@ -36,10 +36,10 @@ COMPILED_MODULES = (
 )
 """Modules on the per-event path; setup.py compiles these and no others.
 
-NOTE: service/worker.py stays interpreted. Compiled together with pipeline.py, the final flush
-of a stopping worker ended in a CancelledError (mypy 2.4.1, CPython 3.11.7) that its remote
-sink's stop had already caught; the cause in mypyc was not found. tests/test_serve.py's end to
-end test fails that way. The worker's per-record loop is in service/batch.py instead.
+NOTE: service/worker.py stays interpreted. When it was compiled together with pipeline.py, a
+stopping worker's final flush ended in a CancelledError (mypy 2.4.1, CPython 3.11.7). Its remote
+sink's stop had already caught that error, and the cause in mypyc is not known. The end-to-end
+test in tests/test_serve.py fails that way. The worker's per-record loop is in service/batch.py.
 """
 
 PURE_PYTHON_VARIABLE = "ALERTWARDEN_PURE_PYTHON"
