@@ -414,3 +414,20 @@ def test_run_invalid_option(
     assert done.returncode == 2
     assert done.stdout == ""
     assert message in done.stderr
+
+
+def test_help_reflows_paragraphs() -> None:
+    # A wide terminal fits each paragraph of `serve --help` on one line, so a sentence that was
+    # wrapped in the docstring must come out whole.
+    result = subprocess.run(
+        [str(CLI), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "300", "PATH": "/usr/bin:/bin", "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    settings_line = next(line for line in lines if line.startswith("Settings come from"))
+    assert "With none set it uses PostgreSQL at 127.0.0.1:5432" in settings_line
+    assert settings_line.endswith("listens on 127.0.0.1:8080.")

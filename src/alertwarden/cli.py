@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 from collections import defaultdict
@@ -482,14 +483,16 @@ def _clock_mode(clock: str | None, input_path: str) -> ClockMode:
 
 
 class _exit_on_error:
-    """Turn expected errors into one line on stderr and exit status 2."""
+    """Turn expected errors into `error: ` lines on stderr and exit status 2."""
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is not None and isinstance(exc, AlertwardenError | FileNotFoundError | IsADirectoryError):
-            typer.echo(f"error: {exc}", err=True)
+            # An error with several causes, such as two unreachable servers, has one per line.
+            for line in str(exc).splitlines() or [""]:
+                typer.echo(f"error: {line}", err=True)
             raise typer.Exit(2)
 
 
@@ -589,6 +592,24 @@ def _format_span(seconds: float) -> str:
     parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes else ""]
     text = "".join(parts)
     return text + f"{secs}s" if secs or not text else text
+
+
+def reflow_help(*typer_apps: typer.Typer) -> None:
+    """Join the wrapped lines within each paragraph of the commands' docstrings.
+
+    Typer 0.29 keeps a docstring's line breaks after the first paragraph, so a terminal narrower
+    than the source lines broke sentences in two. Without them, rich wraps each paragraph to the
+    terminal's width.
+    """
+    for typer_app in typer_apps:
+        for command in typer_app.registered_commands:
+            if command.help is not None or command.callback is None or not command.callback.__doc__:
+                continue
+            paragraphs = inspect.cleandoc(command.callback.__doc__).split("\n\n")
+            command.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
+reflow_help(app, rules_app)
 
 
 def main() -> None:  # pragma: no cover - console entry point
