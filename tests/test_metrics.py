@@ -121,6 +121,8 @@ def test_metrics_invalid_and_restarts() -> None:
     metrics = Metrics()
     metrics.record_invalid("acme", 3)
     metrics.record_invalid("acme")
+    metrics.add_rule_group("acme", "main")
+    assert sample(metrics, "alertwarden_evaluator_restarts_total", tenant="acme", rule_group="main") == 0
     metrics.record_restart("acme", "main")
     assert sample(metrics, "alertwarden_events_total", tenant="acme", result="invalid") == 4
     assert sample(metrics, "alertwarden_evaluator_restarts_total", tenant="acme", rule_group="main") == 1

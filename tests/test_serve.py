@@ -116,8 +116,11 @@ def test_serve_end_to_end(
     token = admin.post("/v1/tenants/acme/tokens", json={"name": "e2e"}).json()["token"]
     tenant = serve.client(token)
 
-    assert tenant.put("/v1/tenants/acme/rules/ssh-fail", json=RULE).status_code == 200
-    assert rule_status(tenant, "acme") == "inactive"
+    created = tenant.put("/v1/tenants/acme/rules/ssh-fail", json=RULE)
+    assert created.status_code == 200
+    # The response is built before the service has applied the change.
+    assert created.json()["health"]["status"] == "pending"
+    wait_until(lambda: rule_status(tenant, "acme") == "inactive", 15, "the rule, inactive while the flag is off")
     assert tenant.put("/v1/tenants/acme/features/stateful-rules", json={"enabled": True}).status_code == 200
     wait_until(lambda: rule_status(tenant, "acme") == "healthy", 15, "the rule's evaluator to start")
 
@@ -254,6 +257,22 @@ def test_serve_unreachable_postgres(tmp_path: Path, names: ServeNames) -> None:
     assert result.returncode == 2
     assert "PostgreSQL is not reachable" in result.stderr
     assert "ALERTWARDEN_DATABASE_URL" in result.stderr
+
+
+def test_serve_unreachable_both_servers(tmp_path: Path, names: ServeNames) -> None:
+    env = serve_env(
+        "postgresql://postgres@127.0.0.1:1/none", names, free_port(), ALERTWARDEN_NATS_URL="nats://127.0.0.1:1"
+    )
+    result = run_serve_once(env)
+    assert result.returncode == 2
+    assert "PostgreSQL is not reachable" in result.stderr
+    assert "ALERTWARDEN_DATABASE_URL" in result.stderr
+    assert "NATS is not reachable at nats://127.0.0.1:1" in result.stderr
+    assert "ALERTWARDEN_NATS_URL" in result.stderr
+    # psycopg's message ends with a question mark, which needs no full stop after it.
+    assert "?." not in result.stderr
+    # nats-py reports each of its retries during the 10 s connect; one warning stands for them.
+    assert result.stderr.count("nats_error") == 1
 
 
 def test_serve_malformed_database_url(tmp_path: Path, names: ServeNames) -> None:

@@ -160,6 +160,11 @@ class Metrics:
         """Count records of `tenant` that could not be parsed into events."""
         self.events.labels(tenant, EventResult.INVALID).inc(count)
 
+    def add_rule_group(self, tenant: str, rule_group: str) -> None:
+        """Create the restart series of a running rule group at 0, so that rate() and increase()
+        see its first restart instead of a series that starts at 1."""
+        self.evaluator_restarts.labels(tenant, rule_group)
+
     def record_restart(self, tenant: str, rule_group: str) -> None:
         """Count one restart of a rule group's evaluator."""
         self.evaluator_restarts.labels(tenant, rule_group).inc()

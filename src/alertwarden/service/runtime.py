@@ -53,6 +53,9 @@ NATS_CONNECT_TIMEOUT_S = 5.0
 NATS_FIRST_CONNECT_TIMEOUT_S = 10.0
 METRICS_INTERVAL_S = 5.0
 UNKNOWN_TENANT_LOG_INTERVAL_S = 60.0
+NATS_ERROR_LOG_INTERVAL_S = 60.0
+"""nats-py reports every failed reconnect attempt, every 2 s by default, so an outage logs one
+line per error text in this interval, with the count of those suppressed."""
 
 
 class DiscardSink:
@@ -94,12 +97,17 @@ class Service:
         self.leases: LeaseHolder | None = None
         self.unknown_tenants = UnknownTenantCounter(self.jetstream)
         self._unknown_log = RateLimitedLog(UNKNOWN_TENANT_LOG_INTERVAL_S, max_keys=MAX_UNKNOWN_TENANTS + 1)
+        self._nats_error_log = RateLimitedLog(NATS_ERROR_LOG_INTERVAL_S, max_keys=100)
         self.elsewhere: dict[GroupId, GroupSpec] = {}
         """Active rule groups whose lease another node holds."""
         self.rules_loaded = False
         self._worker_config: WorkerConfig | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        # Changes announced by rules_changed() and the count of them that a finished reconcile
+        # had read, so that the API can tell a rule not yet applied from an inactive one.
+        self._changes_requested = 0
+        self._changes_applied = 0
         self._signals = 0
         self._nats_closing = False
         self.exit_status = 0
@@ -120,7 +128,11 @@ class Service:
     async def _run(self) -> None:
         settings = self.settings
         listener = self._bind()
-        self.store = await self._open_store()
+        try:
+            self.store, self.nats = await self._connect_servers()
+        except BaseException:
+            listener.close()
+            raise
         remote: list[Sink] = []
         server: _Server | None = None
         try:
@@ -129,7 +141,6 @@ class Service:
                 await self.leases.open()
             except StoreError as error:
                 raise ConfigError(f"{error}. Check ALERTWARDEN_DATABASE_URL") from None
-            self.nats = await self._connect_nats()
             js = self.nats.jetstream()
             await self._ensure_stream(js)
             remote = [WebhookSink(url) for url in settings.webhook_urls]
@@ -189,6 +200,7 @@ class Service:
 
     def rules_changed(self) -> None:
         """Reconcile the workers now instead of at the next poll (after an API change)."""
+        self._changes_requested += 1
         self._wake.set()
 
     async def _supervise(self, api: asyncio.Task[None]) -> None:
@@ -219,6 +231,7 @@ class Service:
     async def _reconcile(self) -> None:
         catalog = self.catalog
         assert catalog is not None
+        requested = self._changes_requested
         if not await self._leases_ready():
             return
         try:
@@ -242,6 +255,7 @@ class Service:
         share = fair_share(len(desired), loads, node)
         await self._hand_over_excess(share.keep, len(loads))
         changed = await self._start_desired_workers(desired, share.take) or changed
+        self._changes_applied = requested
         if changed:
             try:
                 await self.store.sweep()  # type: ignore[union-attr]
@@ -300,6 +314,10 @@ class Service:
         # Built aside and swapped in at the end, because the API reads it while this loop awaits.
         elsewhere: dict[GroupId, GroupSpec] = {}
         for group_id, spec in desired.items():
+            if self._stop.is_set():
+                # A stop requested while this reconcile awaited: starting or restarting a
+                # worker now would only add a flush to the stop.
+                break
             current = self.specs.get(group_id)
             if current is not None and current.versions == spec.versions:
                 continue
@@ -315,6 +333,9 @@ class Service:
 
             if group_id in self.workers:
                 await self._stop_worker(group_id, reason="rules changed")
+            if self._stop.is_set():
+                await leases.release(group_id)
+                break
             worker = RuleGroupWorker(
                 spec.tenant,
                 spec.rule_group,
@@ -469,12 +490,15 @@ class Service:
                 return {"status": "elsewhere", "reason": "evaluated by another node, which holds the rule group's lease"}
         if problem is not None:
             return {"status": "unhealthy", "reason": problem.message}
+        if self._changes_applied < self._changes_requested:
+            return {"status": "pending", "reason": "a rule or feature flag change is being applied to the evaluators"}
         return {"status": "inactive", "reason": "not evaluated: the rule is disabled or the tenant's stateful-rules flag is off"}
 
     def refresh_metrics(self) -> None:
         self.metrics.leases_held.set(len(self.workers))
         self.metrics.rule_groups_elsewhere.set(len(self.elsewhere))
         for worker in self.workers.values():
+            self.metrics.add_rule_group(worker.tenant, worker.rule_group)
             if worker.pipeline is not None:
                 self.metrics.update_from(worker.pipeline)
             for reason, count in worker.counters.skipped.items():
@@ -505,6 +529,28 @@ class Service:
         listener.setblocking(False)
         return listener
 
+    async def _connect_servers(self) -> tuple[PostgresStore, NatsClient]:
+        """Open the store and connect to NATS at the same time.
+
+        Raises one ConfigError that names every server that failed, so that an operator with
+        neither server reachable learns of both from one start.
+        """
+        store_result, nats_result = await asyncio.gather(
+            self._open_store(), self._connect_nats(), return_exceptions=True
+        )
+        failures = [result for result in (store_result, nats_result) if isinstance(result, BaseException)]
+        if not failures:
+            assert isinstance(store_result, PostgresStore) and isinstance(nats_result, NatsClient)
+            return store_result, nats_result
+        if isinstance(store_result, PostgresStore):
+            await store_result.close()
+        if isinstance(nats_result, NatsClient):
+            await nats_result.close()
+        unexpected = [error for error in failures if not isinstance(error, ConfigError)]
+        if unexpected:
+            raise unexpected[0]
+        raise ConfigError("\n".join(str(error) for error in failures))
+
     async def _open_store(self) -> PostgresStore:
         url = self.settings.database_url.get_secret_value()
         try:
@@ -523,7 +569,7 @@ class Service:
                 )
         except StoreError as error:
             raise ConfigError(
-                f"PostgreSQL is not reachable or not usable: {error}. Set ALERTWARDEN_DATABASE_URL to "
+                f"PostgreSQL is not reachable or not usable: {_sentence(' '.join(str(error).split()))} Set ALERTWARDEN_DATABASE_URL to "
                 "the database to use, such as postgresql://user@host:5432/alertwarden"
             ) from None
         return store
@@ -535,7 +581,7 @@ class Service:
         async def record_error(error: Exception) -> None:
             # The first connect ends in a timeout; the error of the last attempt is the cause.
             errors[:] = [error]
-            await _nats_error(error)
+            self._log_nats_error(error)
 
         try:
             # Reconnects are retried without end once connected; the first connect is bounded
@@ -556,10 +602,15 @@ class Service:
         except (OSError, TimeoutError, nats.errors.Error) as error:
             cause = errors[0] if isinstance(error, TimeoutError) and errors else error
             raise ConfigError(
-                f"NATS is not reachable at {_display_url(url)}: {_describe_error(cause)}. Start "
+                f"NATS is not reachable at {_display_url(url)}: {_sentence(_describe_error(cause))} Start "
                 "nats-server with JetStream (-js), or set ALERTWARDEN_NATS_URL to its address"
             ) from None
         return client
+
+    def _log_nats_error(self, error: Exception) -> None:
+        text = repr(error)
+        if self._nats_error_log.should_log(text, time.monotonic()):
+            log.warning("nats_error", error=text, suppressed=self._nats_error_log.take_suppressed(text))
 
     async def _nats_disconnected(self) -> None:
         # The client's own close at the stop also reports a disconnect, which is no problem.
@@ -733,16 +784,16 @@ def _display_url(url: str) -> str:
     return scheme + separator + rest
 
 
+def _sentence(text: str) -> str:
+    """Return `text` ending with a full stop, unless it ends with one, a question or an exclamation mark."""
+    text = text.rstrip()
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
 def _describe_error(error: BaseException) -> str:
     """Return the exception's message, or its type name when the message is empty."""
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-async def _nats_error(error: Exception) -> None:
-    log.warning("nats_error", error=repr(error))
-
-
 
 
 async def _nats_reconnected() -> None:
