@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
+
+import pytest
+import structlog
 
 from alertwarden.engine.evaluator import Evaluator
+from alertwarden.errors import EventError
+from alertwarden.events import SkipReason
+from alertwarden.rules import load_rules_text
 from alertwarden.pipeline import RuleGroupPipeline
 from alertwarden.service.runtime import DiscardSink
 from alertwarden.service.worker import RuleGroupWorker, WorkerConfig, cancel_and_wait
@@ -63,3 +70,42 @@ async def test_cancel_and_wait_plain_task() -> None:
     await asyncio.sleep(0)
     await cancel_and_wait(task)
     assert task.cancelled()
+
+
+TWO_BUCKET_RULES = """\
+- id: slow
+  threshold: 3
+  window: 10m
+  bucket: 1m
+- id: fast
+  threshold: 3
+  window: 1m
+  bucket: 10s
+"""
+
+
+def test_skip_warning_once_per_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("alertwarden.service.worker.time.monotonic", lambda: clock[0])
+    config = WorkerConfig(
+        store=None,  # type: ignore[arg-type]
+        js=None,  # type: ignore[arg-type]
+        jetstream=None,  # type: ignore[arg-type]
+        sink=None,  # type: ignore[arg-type]
+    )
+    record = SimpleNamespace(offset=7, subject="logs.acme.app")
+    error = EventError(SkipReason.MALFORMED, "line is not valid JSON")
+    other = EventError(SkipReason.BAD_TIMESTAMP, "no usable time field")
+
+    with structlog.testing.capture_logs() as logs:
+        worker = RuleGroupWorker("acme", "default", load_rules_text(TWO_BUCKET_RULES), config)
+        # The smallest bucket of the group (10 s) sets the interval, per reason.
+        for at in (1000.0, 1004.0, 1009.9, 1010.0, 1015.0):
+            clock[0] = at
+            worker._skipped(error, record)
+        worker._skipped(other, record)
+
+    warnings = [entry for entry in logs if entry["event"] == "record_skipped"]
+    assert [entry["reason"] for entry in warnings] == ["malformed", "malformed", "bad_timestamp"]
+    assert [entry["suppressed"] for entry in warnings] == [0, 2, 0]
+    assert worker.counters.skipped == {"malformed": 5, "bad_timestamp": 1}

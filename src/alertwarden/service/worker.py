@@ -35,6 +35,8 @@ from alertwarden.store.base import HistoryRecord, StateStore, StoredState
 log = get_logger(__name__)
 
 SKIP_LOG_INTERVAL_S = 60.0
+"""Interval of the record_skipped warnings of a rule group without rules; with rules, it is the
+group's smallest bucket, the interval at which it flushes."""
 RESTART_INITIAL_S = 1.0
 RESTART_MAX_S = 60.0
 CANCEL_RETRY_S = 0.1
@@ -200,7 +202,9 @@ class RuleGroupWorker:
         self._abandoned = False
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._skip_log = RateLimitedLog(SKIP_LOG_INTERVAL_S)
+        # One warning per reason and bucket: an operator sees each kind of bad input once per
+        # step of the alert windows, and the count of repeats suppressed in between.
+        self._skip_log = RateLimitedLog(min((rule.bucket_s for rule in self.rules), default=SKIP_LOG_INTERVAL_S))
         self._log = log.bind(tenant=tenant, rule_group=rule_group)
         self._parser = RecordParser(self._skipped)
 
