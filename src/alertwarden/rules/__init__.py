@@ -1,6 +1,7 @@
 """Alert rules: YAML rule files, their validation, the compiled match filter and annotation templates."""
 
 from alertwarden.rules.compiled import CompiledRule, compile_rule
+from alertwarden.rules.defaults import RuleDefaults
 from alertwarden.rules.durations import default_bucket_s, format_duration, parse_duration
 from alertwarden.rules.explain import explain_rule, explain_rules
 from alertwarden.rules.loader import (
@@ -24,6 +25,7 @@ __all__ = [
     "Matcher",
     "RegexTimeoutCounter",
     "MissingKeyPolicy",
+    "RuleDefaults",
     "RuleDefinition",
     "RuleFieldErrors",
     "RuleFileError",

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from alertwarden.errors import RuleError
 from alertwarden.rules.compiled import CompiledRule, compile_rule
+from alertwarden.rules.defaults import RuleDefaults
 from alertwarden.rules.model import ID_PATTERN, RuleDefinition, RuleFieldErrors
 from alertwarden.rules.preview import preview
 
@@ -64,8 +65,11 @@ _UniqueKeySafeLoader.add_constructor(
 )
 
 
-def load_rules_file(path: str | Path) -> list[CompiledRule]:
-    """Load and compile every rule of a YAML file. Raises RuleFileError naming the file."""
+def load_rules_file(path: str | Path, defaults: RuleDefaults | None = None) -> list[CompiledRule]:
+    """Load and compile every rule of a YAML file. Raises RuleFileError naming the file.
+
+    `defaults` fills the fields a rule leaves out. Without it, they take the built-in defaults.
+    """
     source = str(path)
     try:
         with open(path, "rb") as handle:
@@ -80,7 +84,7 @@ def load_rules_file(path: str | Path) -> list[CompiledRule]:
         raise RuleFileError(
             source, [f"file is not valid UTF-8 at byte {error.start}; save it as UTF-8"]
         ) from None
-    return load_rules_text(text, source)
+    return load_rules_text(text, source, defaults)
 
 
 def load_rules_files(paths: Sequence[str | Path]) -> list[CompiledRule]:
@@ -141,19 +145,28 @@ def _duplicate_ids_across_files(loaded: list[tuple[str, list[CompiledRule]]]) ->
     return errors
 
 
-def load_rules_text(text: str, source: str = "<string>") -> list[CompiledRule]:
-    """Load and compile every rule of a YAML document. Raises RuleFileError naming `source`."""
+def load_rules_text(
+    text: str, source: str = "<string>", defaults: RuleDefaults | None = None
+) -> list[CompiledRule]:
+    """Load and compile every rule of a YAML document. Raises RuleFileError naming `source`.
+
+    `defaults` fills the fields a rule leaves out. Without it, they take the built-in defaults.
+    """
     if len(text) > MAX_RULE_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RULE_FILE_BYTES:
         raise RuleFileError(source, [_too_large_message()])
     entries = _parse_rule_list(text, source)
-    definitions, problems = validate_rule_entries(entries)
+    definitions, problems = validate_rule_entries(entries, defaults)
     if problems:
         raise RuleFileError(source, problems)
     return [compile_rule(definition) for definition in definitions]
 
 
-def validate_rule_entries(entries: Sequence[object]) -> tuple[list[RuleDefinition], list[str]]:
+def validate_rule_entries(
+    entries: Sequence[object], defaults: RuleDefaults | None = None
+) -> tuple[list[RuleDefinition], list[str]]:
     """Validate raw rule mappings; return the valid definitions and one message per problem.
+
+    `defaults` fills the fields a rule leaves out before it is validated.
 
     A caller must treat any problem as a failure of the whole set: the definitions returned
     next to problems are only the subset that passed on their own.
@@ -167,6 +180,8 @@ def validate_rule_entries(entries: Sequence[object]) -> tuple[list[RuleDefinitio
             problems.append(f"{label}: expected a mapping of rule fields, got {_show(entry)}")
             continue
         problems.extend(_duplicate_id_problems(entry, index, label, first_index_of_id))
+        if defaults is not None:
+            entry = defaults.apply(entry)
         try:
             definitions.append(RuleDefinition.model_validate(entry))
         except ValidationError as error:
