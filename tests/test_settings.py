@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from alertwarden.errors import ConfigError
+from alertwarden.events import Signal
+from alertwarden.rules import MissingKeyPolicy, RuleDefaults
 from alertwarden.settings import Settings, load_settings
 
 TOKEN = "admin-token-0123456789abcdef"
@@ -146,3 +148,163 @@ def test_settings_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="frozen"):
         settings.bind_port = 1  # type: ignore[misc]
     assert isinstance(settings, Settings)
+
+
+# ------------------------------------------------------------ rule defaults
+
+
+def test_settings_rule_defaults_unset() -> None:
+    defaults = load_settings().rule_defaults
+    assert defaults == RuleDefaults()
+    assert defaults.rule_fields() == {}
+
+
+def test_settings_rule_defaults_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "GROUP": "platform",
+        "SIGNAL": "logs",
+        "GROUP_BY": '["host", "service.name"]',
+        "THRESHOLD": "20",
+        "WINDOW": "1h",
+        "BUCKET": "5m",
+        "COOLDOWN": "10m",
+        "RENOTIFY": "0",
+        "SEVERITY": "warning",
+        "LABELS": '{"team": "platform"}',
+        "ON_MISSING_KEY": "skip",
+        "MAX_GROUPS": "5000",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(f"ALERTWARDEN_RULE_DEFAULTS__{name}", value)
+
+    defaults = load_settings().rule_defaults
+
+    assert defaults.group == "platform"
+    assert defaults.signal is Signal.LOGS
+    assert defaults.group_by == ["host", "service.name"]
+    assert defaults.threshold == 20
+    assert defaults.window_s == 3600
+    assert defaults.bucket_s == 300
+    assert defaults.cooldown_s == 600
+    assert defaults.renotify_s == 0
+    assert defaults.severity == "warning"
+    assert defaults.labels == {"team": "platform"}
+    assert defaults.on_missing_key is MissingKeyPolicy.SKIP
+    assert defaults.max_groups == 5000
+    assert defaults.rule_fields() == {
+        "group": "platform",
+        "signal": "logs",
+        "group_by": ["host", "service.name"],
+        "threshold": 20,
+        "window": "1h",
+        "bucket": "5m",
+        "cooldown": "10m",
+        "renotify": "0s",
+        "severity": "warning",
+        "labels": {"team": "platform"},
+        "on_missing_key": "skip",
+        "max_groups": 5000,
+    }
+
+
+def test_settings_rule_defaults_json_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "ALERTWARDEN_RULE_DEFAULTS", '{"cooldown": "10m", "threshold": 7, "labels": {"a": "b"}}'
+    )
+    # A nested variable overrides the same key of the JSON object.
+    monkeypatch.setenv("ALERTWARDEN_RULE_DEFAULTS__THRESHOLD", "9")
+
+    defaults = load_settings().rule_defaults
+
+    assert defaults.cooldown_s == 600
+    assert defaults.threshold == 9
+    assert defaults.labels == {"a": "b"}
+
+
+def test_settings_rule_defaults_group_by_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERTWARDEN_RULE_DEFAULTS__GROUP_BY", "host, service.name")
+    assert load_settings().rule_defaults.group_by == ["host", "service.name"]
+
+
+def test_settings_rule_defaults_bucket_divides_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERTWARDEN_RULE_DEFAULTS__WINDOW", "14m")
+    monkeypatch.setenv("ALERTWARDEN_RULE_DEFAULTS__BUCKET", "7m")
+    defaults = load_settings().rule_defaults
+    assert (defaults.window_s, defaults.bucket_s) == (840, 420)
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (
+            {"COOLDOWN": "10x"},
+            "ALERTWARDEN_RULE_DEFAULTS__COOLDOWN: invalid duration '10x': use whole seconds or"
+            " units d, h, m, s in that order, such as '90s', '10m', '6h', '1d' or '1h30m'",
+        ),
+        (
+            # The bucket is checked against the built-in window 10m.
+            {"BUCKET": "7m"},
+            "ALERTWARDEN_RULE_DEFAULTS__BUCKET: 7m does not divide the window 10m; use a divisor"
+            " of the window, such as 1m, or leave bucket out for that default",
+        ),
+        (
+            {"WINDOW": "15m", "BUCKET": "10m"},
+            "ALERTWARDEN_RULE_DEFAULTS__BUCKET: 10m does not divide the window 15m; use a divisor"
+            " of the window, such as 1m, or leave bucket out for that default",
+        ),
+        (
+            {"WINDOW": "31d"},
+            "ALERTWARDEN_RULE_DEFAULTS__WINDOW: window 31d is out of range: use from 1s to 30d",
+        ),
+        (
+            {"THRESHOLD": "0"},
+            "ALERTWARDEN_RULE_DEFAULTS__THRESHOLD: threshold 0 is out of range: use a whole number"
+            " from 1 to 1000000000",
+        ),
+        (
+            {"GROUP": "bad id"},
+            "ALERTWARDEN_RULE_DEFAULTS__GROUP: invalid value 'bad id': use 1-128 characters of"
+            " letters, digits and _ . : -",
+        ),
+        (
+            {"GROUP_BY": '["host", "host"]'},
+            "ALERTWARDEN_RULE_DEFAULTS__GROUP_BY: duplicate path 'host': list each field once",
+        ),
+        (
+            {"GROUP_BY": '["host"'},
+            "ALERTWARDEN_RULE_DEFAULTS__GROUP_BY: invalid JSON array: Expecting ',' delimiter:"
+            " line 1 column 8 (char 7)",
+        ),
+        (
+            {"SIGNAL": "metrics"},
+            "ALERTWARDEN_RULE_DEFAULTS__SIGNAL: Input should be 'logs', 'events' or 'any'",
+        ),
+        (
+            {"LABELS": '{"team": "a\\u0000b"}'},
+            "ALERTWARDEN_RULE_DEFAULTS__LABELS: invalid labels.team 'a\\x00b': contains a NUL"
+            " byte, which database text cannot hold. Remove it from the input or the rule",
+        ),
+        (
+            {"LABELS": "team=platform"},
+            "ALERTWARDEN_RULE_DEFAULTS or one of the ALERTWARDEN_RULE_DEFAULTS__* variables is"
+            " not valid JSON: Expecting value: line 1 column 1 (char 0); write objects and arrays"
+            " as JSON",
+        ),
+        (
+            {"ANNOTATIONS": '{"summary": "x"}'},
+            "ALERTWARDEN_RULE_DEFAULTS__ANNOTATIONS: unknown setting: remove it or correct its name",
+        ),
+    ],
+)
+def test_settings_rule_defaults_invalid(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    monkeypatch.setenv("ALERTWARDEN_DATABASE_URL", "postgresql://aw:pg-password@127.0.0.1/aw")
+    for name, value in variables.items():
+        monkeypatch.setenv(f"ALERTWARDEN_RULE_DEFAULTS__{name}", value)
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    assert str(caught.value) == f"invalid settings: {expected}"
+    assert "pg-password" not in str(caught.value)

@@ -2,12 +2,14 @@
 
 A nested field is set with `__` between the names, such as ALERTWARDEN_INGEST__MAX_EVENTS=500.
 A list field takes a JSON array or a comma-separated string. `load_settings` turns every
-validation failure into one ConfigError that names the environment variables, never their values.
+validation failure into one ConfigError that names the environment variables and never shows
+the value of a secret setting.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,12 +23,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from alertwarden.engine.evaluator import EngineSettings
-from alertwarden.errors import ConfigError
+from alertwarden.errors import ConfigError, InvalidValueError
 from alertwarden.pipeline import DEFAULT_HISTORY_RETENTION_S
+from alertwarden.rules.defaults import RuleDefaults
+from alertwarden.rules.model import RuleFieldErrors
 from alertwarden.sources.jetstream import JetStreamSettings, validate_tenant
+from alertwarden.store.checks import check_json_document
 
 ENV_PREFIX = "ALERTWARDEN_"
 NESTED_DELIMITER = "__"
@@ -127,6 +132,8 @@ class Settings(BaseSettings):
     history_retention_s: float = Field(default=DEFAULT_HISTORY_RETENTION_S, ge=3600)
     """Age after which transition history is dropped. The first migration of a database
     records it; later changes are reported at start but not applied."""
+    rule_defaults: RuleDefaults = RuleDefaults()
+    """Values that API and rule file rules take for the fields they leave out."""
 
     @field_validator("admin_token")
     @classmethod
@@ -160,6 +167,17 @@ class Settings(BaseSettings):
             raise ValueError(str(error)) from None
         return value
 
+    @field_validator("rule_defaults")
+    @classmethod
+    def _check_storable(cls, defaults: RuleDefaults) -> RuleDefaults:
+        # Every rule stores the default labels, so a value the store cannot hold, such as a NUL
+        # character written as \u0000 in JSON, would reject every API and rule file rule.
+        try:
+            check_json_document(defaults.rule_fields())
+        except InvalidValueError as error:
+            raise RuleFieldErrors([(error.field, str(error))]) from None
+        return defaults
+
     def jetstream_settings(self) -> JetStreamSettings:
         """Return the JetStream settings with this URL, stream and subject patterns."""
         return JetStreamSettings(
@@ -191,21 +209,54 @@ def env_name(location: tuple[int | str, ...]) -> str:
 def load_settings() -> Settings:
     """Read the settings from the process environment.
 
-    Raises ConfigError naming each invalid or missing variable. Values are never included,
-    because some of them are secrets.
+    Raises ConfigError naming each invalid or missing variable. The message never includes the
+    value of a secret setting (database_url, nats_url, admin_token).
     """
     try:
         return Settings()
     except ValidationError as error:
         raise ConfigError(describe_errors(error)) from None
+    except SettingsError as error:
+        raise ConfigError(describe_settings_error(error)) from None
 
 
 def describe_errors(error: ValidationError) -> str:
     """Return one message naming the environment variable of each validation error."""
     problems = []
     for detail in error.errors(include_input=False, include_url=False):
+        cause = detail.get("ctx", {}).get("error")
+        if isinstance(cause, RuleFieldErrors):
+            # The rule defaults are checked as a whole rule, and each problem names its field.
+            for field, message in cause.problems:
+                problems.append(f"{env_name((*detail['loc'], _top_field(field)))}: {message}")
+            continue
         message = detail["msg"].removeprefix("Value error, ")
         if detail["type"] == "missing":
             message = "missing: set it"
+        elif detail["type"] == "extra_forbidden":
+            message = "unknown setting: remove it or correct its name"
         problems.append(f"{env_name(detail['loc'])}: {message}")
     return "invalid settings: " + "; ".join(problems)
+
+
+def describe_settings_error(error: SettingsError) -> str:
+    """Return a message naming the variables of a value that pydantic-settings could not decode.
+
+    pydantic-settings raises SettingsError when a nested setting's value is not valid JSON,
+    such as ALERTWARDEN_INGEST='x'. Its message names the top-level field, which may have been
+    set whole or through any of its `__` variables.
+    """
+    found = re.search(r'field "([^"]+)"', str(error))
+    if found is None:
+        return f"invalid settings: {error}"
+    name = env_name((found.group(1),))
+    reason = f": {error.__cause__}" if isinstance(error.__cause__, json.JSONDecodeError) else ""
+    return (
+        f"invalid settings: {name} or one of the {name}{NESTED_DELIMITER}* variables is not valid"
+        f" JSON{reason}; write objects and arrays as JSON"
+    )
+
+
+def _top_field(field: str) -> str:
+    """Return the first name of a field path such as `group_by[1]` or `labels.team`."""
+    return field.split(".", 1)[0].split("[", 1)[0]
