@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from alertwarden.api import create_app
 from alertwarden.api.routes_rules import window_count
 from alertwarden.engine.records import GroupSnapshot, GroupStatus, Transition, TransitionKind
 from alertwarden.errors import InvalidValueError
+from alertwarden.rules import RuleDefaults
 from alertwarden.store.checks import MAX_JSON_DEPTH, check_json_document
 from alertwarden.store.postgres import PostgresStore, RuleDeletion
 
@@ -706,6 +708,93 @@ async def test_rule_error_body_encodes_input(
     detail = orjson.loads(response.content)["detail"]
     assert detail[0]["loc"] == loc
     assert detail[0]["input"] == value
+
+
+# ------------------------------------------------------------ rule defaults
+
+
+PUT_DEFAULTS = RuleDefaults.model_validate(
+    {"cooldown": "10m", "severity": "warning", "labels": {"team": "platform", "env": "prod"}}
+)
+
+
+@contextlib.asynccontextmanager
+async def client_with_defaults(
+    store: PostgresStore, defaults: RuleDefaults
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(store, admin_token=ADMIN_TOKEN, clock=lambda: NOW_S, rule_defaults=defaults)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        yield client
+
+
+async def test_rule_defaults_filled_on_put(store: PostgresStore) -> None:
+    async with client_with_defaults(store, PUT_DEFAULTS) as client:
+        tenant = await create_tenant(client)
+        path = f"/v1/tenants/{tenant}/rules/r1"
+
+        put = await client.put(path, headers=ADMIN, json={**RULE, "labels": {"env": "staging"}})
+        get = await client.get(path, headers=ADMIN)
+
+    expected = {
+        **RULE,
+        "id": "r1",
+        "cooldown": "10m",
+        "severity": "warning",
+        "labels": {"team": "platform", "env": "staging"},
+    }
+    assert put.status_code == 200, put.text
+    assert put.json()["definition"] == expected
+    assert get.json()["definition"] == expected
+
+
+async def test_rule_defaults_own_values_kept(store: PostgresStore) -> None:
+    async with client_with_defaults(store, PUT_DEFAULTS) as client:
+        tenant = await create_tenant(client)
+        path = f"/v1/tenants/{tenant}/rules/r1"
+
+        put = await client.put(path, headers=ADMIN, json={**RULE, "cooldown": "1m", "severity": None})
+
+    assert put.status_code == 200, put.text
+    definition = put.json()["definition"]
+    assert definition["cooldown"] == "1m"
+    assert definition["severity"] is None
+    assert definition["labels"] == {"team": "platform", "env": "prod"}
+
+
+async def test_rule_defaults_kept_after_change(store: PostgresStore) -> None:
+    changed = RuleDefaults.model_validate({"cooldown": "20m"})
+    async with client_with_defaults(store, PUT_DEFAULTS) as client:
+        tenant = await create_tenant(client)
+        await client.put(f"/v1/tenants/{tenant}/rules/old", headers=ADMIN, json=RULE)
+
+    async with client_with_defaults(store, changed) as client:
+        old = await client.get(f"/v1/tenants/{tenant}/rules/old", headers=ADMIN)
+        new = await client.put(f"/v1/tenants/{tenant}/rules/new", headers=ADMIN, json=RULE)
+
+    assert old.json()["version"] == 1
+    assert old.json()["definition"]["cooldown"] == "10m"
+    assert old.json()["definition"]["severity"] == "warning"
+    assert new.json()["definition"] == {**RULE, "id": "new", "cooldown": "20m"}
+
+
+async def test_rule_defaults_bucket_of_own_window(store: PostgresStore) -> None:
+    defaults = RuleDefaults.model_validate({"window": "14m", "bucket": "7m"})
+    async with client_with_defaults(store, defaults) as client:
+        tenant = await create_tenant(client)
+        path = f"/v1/tenants/{tenant}/rules"
+
+        plain = await client.put(f"{path}/plain", headers=ADMIN, json={"threshold": 3})
+        own_window = await client.put(f"{path}/own", headers=ADMIN, json={"window": "1h"})
+        bad_bucket = await client.put(f"{path}/bad", headers=ADMIN, json={"bucket": "4m"})
+
+    assert plain.json()["definition"] == {"threshold": 3, "id": "plain", "window": "14m", "bucket": "7m"}
+    assert own_window.json()["definition"] == {"window": "1h", "id": "own"}
+    assert bad_bucket.status_code == 422
+    detail = bad_bucket.json()["detail"]
+    assert detail[0]["field"] == "bucket"
+    assert detail[0]["input"] == "4m"
+    assert detail[0]["msg"].startswith("4m does not divide the window 14m")
 
 
 # ------------------------------------------------------------ groups

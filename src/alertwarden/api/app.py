@@ -19,6 +19,7 @@ from alertwarden.api.models import Health
 from alertwarden.errors import ConfigError, StoreError
 from alertwarden.logs import get_logger
 from alertwarden.metrics import Metrics
+from alertwarden.rules import RuleDefaults
 from alertwarden.sources.jetstream import JetStreamSettings
 from alertwarden.store.postgres import PostgresStore
 
@@ -39,6 +40,7 @@ def create_app(
     max_message_bytes: int = routes_ingest.DEFAULT_MAX_MESSAGE_BYTES,
     metrics: Metrics | None = None,
     service: ServiceHooks | None = None,
+    rule_defaults: RuleDefaults | None = None,
 ) -> FastAPI:
     """Build the REST API over an open PostgresStore.
 
@@ -48,7 +50,8 @@ def create_app(
     jetstream_settings, at most max_ingest_events per request and max_message_bytes per event
     message, headers included; without it that endpoint returns 503. metrics is what GET /metrics returns; without it that endpoint returns 503.
     service is the running service: readiness includes its evaluators, rules show their
-    run-time health, and rule or flag changes reach its evaluators at once.
+    run-time health, and rule or flag changes reach its evaluators at once. rule_defaults fills
+    the fields that a PUT rule leaves out. Without it, they take the built-in defaults.
     """
     if len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
         raise ConfigError(
@@ -66,7 +69,8 @@ def create_app(
         version="1",
     )
     app.state.api_context = ApiContext(
-        store=store, admin_sha256=admin_digest(admin_token), clock=clock, service=service
+        store=store, admin_sha256=admin_digest(admin_token), clock=clock, service=service,
+        rule_defaults=RuleDefaults() if rule_defaults is None else rule_defaults,
     )
     app.state.ingest = routes_ingest.IngestContext(
         js=jetstream,

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from alertwarden.api.auth import ADMIN, Principal, admin_digest, digests_equal, secret_digest, split_token
 from alertwarden.api.models import TenantId, check_tenant_id
+from alertwarden.rules import RuleDefaults
 from alertwarden.store.postgres import PostgresStore
 
 _bearer = HTTPBearer(auto_error=False, description="The admin token or a tenant token.")
@@ -33,13 +34,15 @@ class ServiceHooks(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ApiContext:
-    """State shared by the routes: the store, the admin token's digest, the wall clock and the
-    running service, which is None when the API runs without evaluators (tests, tools)."""
+    """State shared by the routes: the store, the admin token's digest, the wall clock, the
+    running service, which is None when the API runs without evaluators (tests, tools), and the
+    rule defaults that a PUT fills in."""
 
     store: PostgresStore
     admin_sha256: bytes
     clock: Callable[[], float] = field(default=time.time)
     service: ServiceHooks | None = None
+    rule_defaults: RuleDefaults = field(default_factory=RuleDefaults)
 
     def rules_changed(self) -> None:
         """Tell the service to apply rule or flag changes now rather than at its next poll."""

@@ -24,7 +24,7 @@ from alertwarden.api.models import (
 )
 from alertwarden.engine.records import GroupSnapshot, format_time
 from alertwarden.errors import InvalidValueError, RuleError
-from alertwarden.rules import RuleDefinition, RuleFieldErrors, compile_rule
+from alertwarden.rules import RuleDefaults, RuleDefinition, RuleFieldErrors, compile_rule
 from alertwarden.rules.model import ID_PATTERN
 from alertwarden.store.checks import check_json_document
 from alertwarden.store.postgres import RuleDeletion
@@ -117,8 +117,7 @@ async def put_rule(
     body: Annotated[dict[str, Any], Body(description="One rule in the rule file format, as JSON.")],
     if_match: Annotated[str | None, Header(description='Stored version, such as "3".')] = None,
 ) -> RuleOut:
-    definition = _validate_rule(rule_id, body)
-    entry = {**body, "id": rule_id}
+    definition, entry = _validate_rule(rule_id, body, api.rule_defaults)
     version = await api.store.put_api_rule(
         tenant,
         rule_id,
@@ -250,8 +249,14 @@ def _group_out(rule_group: str, snapshot: GroupSnapshot, now_s: float) -> GroupO
     )
 
 
-def _validate_rule(rule_id: str, body: dict[str, Any]) -> RuleDefinition:
-    """Validate a rule body as the rule file loader does; raise 422 naming field and value."""
+def _validate_rule(
+    rule_id: str, body: dict[str, Any], defaults: RuleDefaults
+) -> tuple[RuleDefinition, dict[str, Any]]:
+    """Validate a rule body as the rule file loader does; raise 422 naming field and value.
+
+    Returns the definition and the entry to store: the body with its id and with the rule
+    defaults filled in, so the stored rule keeps its meaning when the defaults change.
+    """
     if "id" in body and body["id"] != rule_id:
         raise unprocessable(
             ["body", "id"],
@@ -259,24 +264,25 @@ def _validate_rule(rule_id: str, body: dict[str, Any]) -> RuleDefinition:
             " or leave id out",
             body["id"],
         )
+    entry = defaults.apply({**body, "id": rule_id})
     try:
-        definition = RuleDefinition.model_validate({**body, "id": rule_id})
+        definition = RuleDefinition.model_validate(entry)
         compile_rule(definition)
     except ValidationError as error:
-        raise HTTPException(422, _validation_details(error, body)) from None
+        raise HTTPException(422, _validation_details(error, entry)) from None
     except RuleError as error:
         raise unprocessable(["body"], str(error), None) from None
     try:
         # The rule model takes some values that the store's jsonb column cannot hold, such as a
         # NUL character in a label.
-        check_json_document(body)
+        check_json_document(entry)
     except InvalidValueError as error:
         raise HTTPException(
             422,
             [{"loc": ["body", *error.path], "field": error.field, "msg": str(error),
               "input": error.value}],
         ) from None
-    return definition
+    return definition, entry
 
 
 def _validation_details(error: ValidationError, body: dict[str, Any]) -> list[dict[str, Any]]:

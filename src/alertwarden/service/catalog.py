@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from alertwarden.errors import ConfigError, RuleError
 from alertwarden.logs import get_logger
-from alertwarden.rules import CompiledRule, RuleDefinition, compile_rule, load_rules_file
+from alertwarden.rules import CompiledRule, RuleDefaults, RuleDefinition, compile_rule, load_rules_file
 from alertwarden.settings import RuleFile
 from alertwarden.sources.jetstream import validate_tenant
 from alertwarden.store.postgres import PostgresStore
@@ -54,6 +54,9 @@ class RuleCatalog:
 
     store: PostgresStore
     rule_files: Sequence[RuleFile] = ()
+    rule_defaults: RuleDefaults = field(default_factory=RuleDefaults)
+    """Defaults that rule file rules take when the files are loaded. Stored definitions are
+    compiled without them, because an API PUT stores its rule with them filled in."""
     problems: dict[tuple[str, str], RuleProblem] = field(default_factory=dict)
     """(tenant, rule id) -> the problem of its current stored definition."""
     _compiled: dict[tuple[str, str], tuple[int, str, CompiledRule]] = field(default_factory=dict)
@@ -81,7 +84,7 @@ class RuleCatalog:
             rules: list[CompiledRule] = []
             try:
                 for entry in entries:
-                    rules.extend(load_rules_file(entry.path))
+                    rules.extend(load_rules_file(entry.path, self.rule_defaults))
             except RuleError as error:
                 log.error("rule_file_rejected", tenant=tenant, error=str(error), note="previous rules stay in force")
                 self._file_stamps.update(stamps)

@@ -157,7 +157,7 @@ class Service:
                 queue_batches=settings.queue_batches,
                 max_message_bytes=settings.max_message_bytes,
             )
-            self.catalog = RuleCatalog(self.store, settings.rule_files)
+            self.catalog = RuleCatalog(self.store, settings.rule_files, settings.rule_defaults)
             app = create_app(
                 self.store,
                 admin_token=admin_token(settings),
@@ -170,6 +170,7 @@ class Service:
                 max_message_bytes=min(self.nats.max_payload, settings.max_message_bytes),
                 metrics=self.metrics,
                 service=self,
+                rule_defaults=settings.rule_defaults,
             )
             config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False)
             server = _Server(config)
