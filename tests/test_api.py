@@ -307,6 +307,23 @@ async def test_feature_flag_roundtrip(client: httpx.AsyncClient) -> None:
     assert read.json() == {"tenant": tenant, "feature": "stateful-rules", "enabled": True}
 
 
+async def test_feature_put_tenant_token_403(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    _, token = await tenant_token(client, tenant)
+    path = f"/v1/tenants/{tenant}/features/stateful-rules"
+
+    switched = await client.put(path, headers=bearer(token), json={"enabled": True})
+    invalid_body = await client.put(path, headers=bearer(token), json={"enabled": "yes"})
+    read = await client.get(path, headers=bearer(token))
+
+    assert switched.status_code == 403
+    assert switched.json() == {"detail": "this endpoint requires the admin token"}
+    # The token check comes before the body check, so the caller learns first that it may not switch.
+    assert invalid_body.status_code == 403
+    assert read.status_code == 200
+    assert read.json() == {"tenant": tenant, "feature": "stateful-rules", "enabled": False}
+
+
 @pytest.mark.parametrize("body", [{"enabled": True, "extra": 1}, {"enabled": "yes"}, {}])
 async def test_feature_body_invalid(client: httpx.AsyncClient, body: dict[str, object]) -> None:
     tenant = await create_tenant(client)

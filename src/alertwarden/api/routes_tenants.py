@@ -85,13 +85,15 @@ async def get_stateful_rules(tenant: TenantScope, api: Api) -> Feature:
 
 @router.put(
     "/{tenant}/features/stateful-rules",
-    summary="Switch the stateful-rules flag",
+    summary="Switch the stateful-rules flag (admin)",
     response_model=Feature,
-    responses={**_SCOPED, 422: {"description": "Invalid body or tenant id."}},
+    responses={**_ADMIN_ONLY, 422: {"description": "Invalid body or tenant id."}},
 )
 async def put_stateful_rules(
-    tenant: TenantScope, api: Api, body: Annotated[FeatureBody, Body()]
+    tenant: AdminScope, api: Api, body: Annotated[FeatureBody, Body()]
 ) -> Feature:
+    # The flag is the platform operator's rollout switch, so a tenant token may read it but not
+    # switch it. AdminScope checks the tenant first, so another tenant's flag still returns 404.
     await api.store.set_feature(tenant, body.enabled)
     api.rules_changed()
     return Feature(tenant=tenant, feature=STATEFUL_RULES, enabled=body.enabled)
