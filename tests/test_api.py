@@ -8,21 +8,25 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import psycopg
 import pytest
+import yaml
 
 from alertwarden.api import create_app
 from alertwarden.api.routes_rules import window_count
+from alertwarden.api.rule_schema import FIELD_CONSTRAINTS, FIELD_DESCRIPTIONS, _inline_references
 from alertwarden.engine.records import GroupSnapshot, GroupStatus, Transition, TransitionKind
 from alertwarden.errors import InvalidValueError
 from alertwarden.store.checks import MAX_JSON_DEPTH, check_json_document
 from alertwarden.store.postgres import PostgresStore, RuleDeletion
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
+ROOT = Path(__file__).resolve().parent.parent
 NOW_S = 1_700_000_000.0
 BUCKET_S = 60
 
@@ -1249,6 +1253,127 @@ async def test_openapi_503_for_every_v1_route(pg_store_url: str) -> None:
         metrics = await client.get("/metrics", headers=bearer("awt_0123456789abcdef_secret"))
     assert metrics.status_code == 503
     assert metrics.json() == {"detail": "the state store failed; retry later"}
+
+
+RULE_FIELDS = {
+    "id", "name", "description", "enabled", "group", "signal", "match", "group_by", "threshold",
+    "window", "bucket", "cooldown", "renotify", "severity", "labels", "annotations",
+    "on_missing_key", "max_groups",
+}
+RULE_PUT = ("put", "/v1/tenants/{tenant}/rules/{rule_id}")
+
+
+def rule_body_schema(document: dict[str, Any]) -> dict[str, Any]:
+    operation = document["paths"][RULE_PUT[1]][RULE_PUT[0]]
+    schema: dict[str, Any] = operation["requestBody"]["content"]["application/json"]["schema"]
+    return schema
+
+
+def documented_rules() -> list[dict[str, Any]]:
+    """Return the example rules of examples/ssh-rules.yaml and of the README's walkthrough."""
+    rules: list[dict[str, Any]] = yaml.safe_load((ROOT / "examples" / "ssh-rules.yaml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    walkthrough = re.search(r"rules/failed-logins .*\n +-d '(\{.*\})'", readme)
+    assert walkthrough is not None, "README.md has no rule PUT with -d '{...}'"
+    rules.append(orjson.loads(walkthrough.group(1)))
+    return rules
+
+
+async def test_openapi_rule_body_schema(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    schema = rule_body_schema(document)
+    properties = schema["properties"]
+
+    assert RULE_FIELDS <= set(properties)
+    # A name left in these tables after a field was renamed in RuleDefinition would be ignored.
+    assert set(FIELD_DESCRIPTIONS) <= set(properties)
+    assert set(FIELD_CONSTRAINTS) <= set(properties)
+    assert schema["type"] == "object"
+    assert schema["additionalProperties"] is False
+    # The path names the rule, so no field is required, not even id.
+    assert "required" not in schema
+    assert "$defs" not in str(schema)
+    assert "$ref" not in str(schema)
+    assert properties["threshold"]["type"] == "integer"
+    assert properties["threshold"]["minimum"] == 1
+    assert properties["threshold"]["maximum"] == 1_000_000_000
+    assert properties["window"]["anyOf"][0]["type"] == "integer"
+    assert properties["window"]["anyOf"][1]["type"] == "string"
+    assert {"type": "null"} in properties["bucket"]["anyOf"]
+    assert properties["signal"]["enum"] == ["logs", "events", "any"]
+    assert properties["on_missing_key"]["enum"] == ["group", "skip"]
+    assert properties["group_by"]["items"] == {"type": "string"}
+    assert properties["labels"]["additionalProperties"]["type"] == "string"
+    assert properties["enabled"]["type"] == "boolean"
+    assert properties["group"]["pattern"] == "^[A-Za-z0-9_.:-]{1,128}$"
+    # A field added to RuleDefinition needs its entry in rule_schema.FIELD_DESCRIPTIONS.
+    for name, field_schema in properties.items():
+        assert field_schema.get("description"), name
+
+
+async def test_rule_schema_accepts_documented_rules(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    schema = rule_body_schema(document)
+    tenant = await create_tenant(client)
+    rules = [*documented_rules(), *schema["examples"], RULE, {}, {"window": 600, "bucket": None}]
+
+    for rule in rules:
+        rule_id = rule.get("id", "r1")
+        response = await client.put(f"/v1/tenants/{tenant}/rules/{rule_id}", headers=ADMIN, json=rule)
+
+        assert response.status_code == 200, (rule, response.text)
+        assert schema_problems(rule, schema, document) == [], rule
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"tresh": 5},
+        {"threshold": "5"},
+        {"threshold": 0},
+        {"threshold": 1_000_000_001},
+        {"enabled": "yes"},
+        {"signal": "metrics"},
+        {"on_missing_key": "drop"},
+        {"window": 1.5},
+        {"window": -60},
+        {"group": "a b"},
+        {"group_by": "host"},
+        {"labels": {"team": 1}},
+        {"max_groups": 0},
+        [RULE],
+    ],
+)
+async def test_rule_schema_rejects_invalid_rules(client: httpx.AsyncClient, body: object) -> None:
+    document = (await client.get("/openapi.json")).json()
+    tenant = await create_tenant(client)
+
+    response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=body)
+
+    assert response.status_code == 422, response.text
+    assert schema_problems(body, rule_body_schema(document), document) != []
+
+
+def test_rule_schema_inlines_definitions() -> None:
+    definitions = {"Kind": {"enum": ["a", "b"]}, "Loop": {"items": {"$ref": "#/$defs/Loop"}}}
+    schema = {"properties": {"kind": {"$ref": "#/$defs/Kind", "default": "a"}}}
+
+    inlined = _inline_references(schema, definitions)
+
+    assert inlined == {"properties": {"kind": {"enum": ["a", "b"], "default": "a"}}}
+    with pytest.raises(ValueError, match="'Loop' is recursive"):
+        _inline_references({"$ref": "#/$defs/Loop"}, definitions)
+
+
+async def test_rule_put_non_object_body(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=[RULE])
+
+    # FastAPI still parses the body as any JSON object, and the documented schema plays no part.
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "dict_type"
+    assert response.json()["detail"][0]["loc"] == ["body"]
 
 
 def test_create_app_short_admin_token(store: PostgresStore) -> None:

@@ -6,7 +6,7 @@ import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
-from pydantic import ValidationError
+from pydantic import ValidationError, WithJsonSchema
 
 from alertwarden.api.deps import Api, ApiContext, TenantScope, not_found
 from alertwarden.api.models import (
@@ -31,6 +31,7 @@ from alertwarden.api.responses import (
     error,
     invalid,
 )
+from alertwarden.api.rule_schema import RULE_BODY_SCHEMA
 from alertwarden.engine.records import GroupSnapshot, format_time
 from alertwarden.errors import InvalidValueError, RuleError
 from alertwarden.rules import RuleDefinition, RuleFieldErrors, compile_rule
@@ -135,7 +136,9 @@ async def put_rule(
     rule_id: RuleId,
     api: Api,
     response: Response,
-    body: Annotated[dict[str, Any], Body(description="One rule in the rule file format, as JSON.")],
+    # WithJsonSchema replaces only the documented schema: FastAPI still parses the body as any
+    # JSON object, and _validate_rule validates it and words the 422 errors.
+    body: Annotated[dict[str, Any], WithJsonSchema(RULE_BODY_SCHEMA), Body(title="Rule")],
     if_match: Annotated[str | None, Header(description='Stored version, such as "3".')] = None,
 ) -> RuleOut:
     definition = _validate_rule(rule_id, body)
