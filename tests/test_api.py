@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import psycopg
 import pytest
+import yaml
 
 from alertwarden.api import create_app
 from alertwarden.api.routes_rules import window_count
+from alertwarden.api.rule_schema import FIELD_CONSTRAINTS, FIELD_DESCRIPTIONS, _inline_references
 from alertwarden.engine.records import GroupSnapshot, GroupStatus, Transition, TransitionKind
 from alertwarden.errors import InvalidValueError
 from alertwarden.rules import RuleDefaults
@@ -23,6 +28,7 @@ from alertwarden.store.checks import MAX_JSON_DEPTH, check_json_document
 from alertwarden.store.postgres import PostgresStore, RuleDeletion
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
+ROOT = Path(__file__).resolve().parent.parent
 NOW_S = 1_700_000_000.0
 BUCKET_S = 60
 
@@ -307,6 +313,23 @@ async def test_feature_flag_roundtrip(client: httpx.AsyncClient) -> None:
     assert default.json()["enabled"] is False
     assert switched.status_code == 200
     assert read.json() == {"tenant": tenant, "feature": "stateful-rules", "enabled": True}
+
+
+async def test_feature_put_tenant_token_403(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    _, token = await tenant_token(client, tenant)
+    path = f"/v1/tenants/{tenant}/features/stateful-rules"
+
+    switched = await client.put(path, headers=bearer(token), json={"enabled": True})
+    invalid_body = await client.put(path, headers=bearer(token), json={"enabled": "yes"})
+    read = await client.get(path, headers=bearer(token))
+
+    assert switched.status_code == 403
+    assert switched.json() == {"detail": "this endpoint requires the admin token"}
+    # The token check comes before the body check, so the caller learns first that it may not switch.
+    assert invalid_body.status_code == 403
+    assert read.status_code == 200
+    assert read.json() == {"tenant": tenant, "feature": "stateful-rules", "enabled": False}
 
 
 @pytest.mark.parametrize("body", [{"enabled": True, "extra": 1}, {"enabled": "yes"}, {}])
@@ -1049,6 +1072,397 @@ async def test_openapi_events_request_body(client: httpx.AsyncClient) -> None:
     assert schema["oneOf"][1]["type"] == "array"
     assert schema["oneOf"][1]["items"]["type"] == "object"
     assert schema["oneOf"][1]["minItems"] == 1
+
+
+# Status codes that each operation's handler and dependencies can return, besides FastAPI's own
+# 405 and the like. 401 comes from the bearer check, 404 from the tenant check, 422 from the path,
+# query and body checks, 413 from the body size limit and 503 from the store's error handler.
+EXPECTED_STATUS_CODES = {
+    ("get", "/healthz"): {"200"},
+    ("get", "/readyz"): {"200", "503"},
+    ("get", "/metrics"): {"200", "401", "403", "503"},
+    ("put", "/v1/tenants/{tenant}"): {"200", "201", "401", "403", "404", "422", "503"},
+    ("get", "/v1/tenants/{tenant}"): {"200", "401", "404", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/features/stateful-rules"): {"200", "401", "404", "422", "503"},
+    ("put", "/v1/tenants/{tenant}/features/stateful-rules"):
+        {"200", "401", "403", "404", "413", "422", "503"},
+    ("post", "/v1/tenants/{tenant}/tokens"): {"201", "401", "403", "404", "413", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/tokens"): {"200", "401", "403", "404", "422", "503"},
+    ("delete", "/v1/tenants/{tenant}/tokens/{token_id}"): {"204", "401", "403", "404", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/rules"): {"200", "401", "404", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/rules/{rule_id}"): {"200", "401", "404", "422", "503"},
+    ("put", "/v1/tenants/{tenant}/rules/{rule_id}"): {"200", "401", "404", "412", "413", "422", "503"},
+    ("delete", "/v1/tenants/{tenant}/rules/{rule_id}"): {"204", "401", "404", "412", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/rules/{rule_id}/groups"): {"200", "401", "404", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/history"): {"200", "401", "404", "422", "503"},
+    ("post", "/v1/tenants/{tenant}/events"): {"202", "401", "404", "413", "422", "503"},
+}
+SCHEMAS = "#/components/schemas/"
+
+
+def response_schema(document: dict[str, Any], method: str, path: str, status: str) -> dict[str, Any]:
+    """Return the JSON schema that the OpenAPI document gives for one response's body."""
+    response = document["paths"][path][method]["responses"][status]
+    schema: dict[str, Any] = response["content"]["application/json"]["schema"]
+    return schema
+
+
+def schema_refs(node: object) -> list[str]:
+    """Return every $ref in a JSON document, in document order."""
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for child in node.values() for ref in schema_refs(child)]
+    if isinstance(node, list):
+        return [ref for child in node for ref in schema_refs(child)]
+    return []
+
+
+_SCHEMA_ANNOTATIONS = {"title", "description", "default", "examples", "format", "$ref"}
+_SCHEMA_KEYWORDS = {
+    "type", "anyOf", "enum", "properties", "required", "additionalProperties", "items",
+    "minItems", "minLength", "maxLength", "pattern", "minimum", "maximum",
+}
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,),
+    "null": (type(None),), "integer": (int,), "number": (int, float),
+}
+
+
+def _is_json_type(value: object, kind: str) -> bool:
+    # bool is a subclass of int in Python, but JSON Schema keeps booleans apart from numbers.
+    if isinstance(value, bool) and kind in ("integer", "number"):
+        return False
+    return isinstance(value, _JSON_TYPES[kind])
+
+
+def schema_problems(
+    value: object, schema: dict[str, Any], document: dict[str, Any], at: str = "$"
+) -> list[str]:
+    """Check `value` against a schema of the OpenAPI document; return one line per problem.
+
+    It covers only the JSON Schema keywords in _SCHEMA_KEYWORDS, enough for the error and rule
+    schemas, and reports any other keyword as a problem instead of ignoring it.
+    """
+    if "$ref" in schema:
+        name = schema["$ref"].removeprefix(SCHEMAS)
+        schema = {**document["components"]["schemas"][name], **schema}
+        del schema["$ref"]
+    problems = [
+        f"{at}: unsupported schema keyword {keyword!r}"
+        for keyword in schema
+        if keyword not in _SCHEMA_KEYWORDS | _SCHEMA_ANNOTATIONS
+    ]
+    if "anyOf" in schema and all(
+        schema_problems(value, option, document, at) for option in schema["anyOf"]
+    ):
+        problems.append(f"{at}: {value!r} matches none of anyOf {schema['anyOf']}")
+    kind = schema.get("type")
+    if kind is not None and not _is_json_type(value, kind):
+        return [*problems, f"{at}: {value!r} is not of type {kind}"]
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{at}: {value!r} is not one of {schema['enum']}")
+
+    if isinstance(value, dict):
+        problems.extend(f"{at}: missing {name!r}" for name in schema.get("required", []) if name not in value)
+        properties = schema.get("properties", {})
+        others = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in properties:
+                problems.extend(schema_problems(item, properties[key], document, f"{at}.{key}"))
+            elif others is False:
+                problems.append(f"{at}: unknown property {key!r}")
+            elif isinstance(others, dict):
+                problems.extend(schema_problems(item, others, document, f"{at}.{key}"))
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            problems.append(f"{at}: fewer than {schema['minItems']} items")
+        for index, item in enumerate(value):
+            if "items" in schema:
+                problems.extend(schema_problems(item, schema["items"], document, f"{at}[{index}]"))
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            problems.append(f"{at}: {value!r} is shorter than {schema['minLength']}")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            problems.append(f"{at}: {value!r} is longer than {schema['maxLength']}")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            problems.append(f"{at}: {value!r} does not match {schema['pattern']}")
+    if _is_json_type(value, "number"):
+        assert isinstance(value, int | float)
+        if "minimum" in schema and value < schema["minimum"]:
+            problems.append(f"{at}: {value!r} is less than {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            problems.append(f"{at}: {value!r} is greater than {schema['maximum']}")
+    return problems
+
+
+def test_schema_problems_catches_mismatches() -> None:
+    document = {"components": {"schemas": {"Item": {"type": "object", "required": ["a"],
+                                                     "properties": {"a": {"type": "integer"}}}}}}
+    schema = {"type": "array", "items": {"$ref": SCHEMAS + "Item"}}
+
+    assert schema_problems([{"a": 1}], schema, document) == []
+    assert schema_problems([{"a": True}], schema, document) == ["$[0].a: True is not of type integer"]
+    assert schema_problems([{}], schema, document) == ["$[0]: missing 'a'"]
+    assert schema_problems([1], {"oneOf": []}, document) == ["$: unsupported schema keyword 'oneOf'"]
+
+
+async def test_openapi_status_codes(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+
+    for (method, path), expected in EXPECTED_STATUS_CODES.items():
+        listed = set(document["paths"][path][method]["responses"])
+        assert listed == expected, (method, path)
+
+
+async def test_openapi_tenant_put_404(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+
+    responses = document["paths"]["/v1/tenants/{tenant}"]["put"]["responses"]
+    assert "404" in responses
+    assert "Another tenant's token" in responses["404"]["description"]
+    assert responses["404"]["content"]["application/json"]["schema"] == {"$ref": SCHEMAS + "ErrorMessage"}
+
+
+async def test_openapi_error_schemas(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+
+    detail = schemas["ValidationErrorDetail"]
+    assert detail["required"] == ["loc", "msg", "input"]
+    assert {"loc", "msg", "input", "field", "type", "ctx"} == set(detail["properties"])
+    assert detail["properties"]["field"]["type"] == "string"
+    assert detail["properties"]["loc"]["items"]["anyOf"] == [{"type": "string"}, {"type": "integer"}]
+    assert schemas["ValidationErrorResponse"]["properties"]["detail"]["items"] == {
+        "$ref": SCHEMAS + "ValidationErrorDetail"
+    }
+    assert schemas["ErrorMessage"]["properties"]["detail"]["type"] == "string"
+    # FastAPI adds its own ValidationError, which requires `type`, to any route without a 422 entry.
+    assert "ValidationError" not in schemas
+    assert "HTTPValidationError" not in schemas
+
+
+async def test_openapi_error_responses_v1(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if not path.startswith("/v1/"):
+                continue
+            responses = operation["responses"]
+            for status in responses:
+                if status.startswith("2"):
+                    continue
+                expected = "ValidationErrorResponse" if status == "422" else "ErrorMessage"
+                schema = response_schema(document, method, path, status)
+                assert schema == {"$ref": SCHEMAS + expected}, (method, path, status)
+            assert "the state store failed" in responses["503"]["description"].lower(), (method, path)
+
+
+async def test_openapi_refs_resolve(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    refs = schema_refs(document)
+
+    assert SCHEMAS + "ValidationErrorResponse" in refs
+    for ref in refs:
+        assert ref.startswith(SCHEMAS), ref
+        assert ref.removeprefix(SCHEMAS) in document["components"]["schemas"], ref
+
+
+async def test_error_bodies_match_openapi(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    tenant = await create_tenant(client)
+    _, token = await tenant_token(client, tenant)
+    base = f"/v1/tenants/{tenant}"
+    rule_path = "/v1/tenants/{tenant}/rules/{rule_id}"
+    cases = [
+        # The API's own checks of path and query values: no `type` and no `field`.
+        ("get", "/v1/tenants/{tenant}/history", f"{base}/history?since=yesterday", ADMIN, None, 422),
+        ("get", "/v1/tenants/{tenant}/history", f"{base}/history?cursor=x", ADMIN, None, 422),
+        ("get", "/v1/tenants/{tenant}", "/v1/tenants/caf%C3%A9", ADMIN, None, 422),
+        # FastAPI's request validation: `type`, and `ctx` for a range.
+        ("get", "/v1/tenants/{tenant}/rules/{rule_id}/groups", f"{base}/rules/r1/groups?limit=0",
+         ADMIN, None, 422),
+        ("put", "/v1/tenants/{tenant}/features/stateful-rules", f"{base}/features/stateful-rules",
+         ADMIN, {"enabled": "yes"}, 422),
+        # Rule validation and the store's checks: `field`, with `loc` empty for the store.
+        ("put", rule_path, f"{base}/rules/r1", ADMIN, {"threshold": 0}, 422),
+        ("put", rule_path, f"{base}/rules/r1", ADMIN, {"tresh": 5}, 422),
+        ("post", "/v1/tenants/{tenant}/tokens", f"{base}/tokens", ADMIN, {"name": "ci\x00"}, 422),
+        ("put", "/v1/tenants/{tenant}", base, bearer(token), None, 403),
+        ("put", "/v1/tenants/{tenant}", f"/v1/tenants/{new_tenant()}", bearer(token), None, 404),
+        ("get", "/v1/tenants/{tenant}", base, bearer("wrong"), None, 401),
+        ("put", rule_path, f"{base}/rules/r1", {**ADMIN, "If-Match": '"7"'}, RULE, 412),
+        ("put", rule_path, f"{base}/rules/r1", ADMIN, {"labels": {"x": "y" * 5000}}, 413),
+    ]
+    for method, path, url, headers, body, status in cases:
+        response = await client.request(method, url, headers=headers, json=body)
+
+        assert response.status_code == status, (url, response.text)
+        schema = response_schema(document, method, path, str(status))
+        assert schema_problems(response.json(), schema, document) == [], (url, response.text)
+
+    token_error = await client.post(f"{base}/tokens", headers=ADMIN, json={"name": "ci\x00"})
+    since_error = await client.get(f"{base}/history?since=yesterday", headers=ADMIN)
+    assert token_error.json()["detail"][0]["loc"] == []
+    assert "field" in token_error.json()["detail"][0]
+    assert "type" not in since_error.json()["detail"][0]
+    assert "field" not in since_error.json()["detail"][0]
+
+
+async def test_openapi_503_for_every_v1_route(pg_store_url: str) -> None:
+    store = PostgresStore(pg_store_url)
+    await store.open()
+    app = create_app(store, admin_token=ADMIN_TOKEN)
+    await store.close()
+    values = {"{tenant}": "acme", "{rule_id}": "r1", "{token_id}": "0123456789abcdef"}
+    bodies = {
+        "/v1/tenants/{tenant}/features/stateful-rules": {"enabled": True},
+        "/v1/tenants/{tenant}/tokens": {"name": "ci"},
+        "/v1/tenants/{tenant}/rules/{rule_id}": RULE,
+        "/v1/tenants/{tenant}/events": [{"id": "e1", "time": "2026-01-02T03:04:05Z"}],
+    }
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        document = (await client.get("/openapi.json")).json()
+        for method, path in sorted(EXPECTED_OPERATIONS):
+            if not path.startswith("/v1/"):
+                continue
+            url = path
+            for placeholder, value in values.items():
+                url = url.replace(placeholder, value)
+            body = bodies.get(path) if method in ("put", "post") else None
+            response = await client.request(method, url, headers=ADMIN, json=body)
+
+            assert response.status_code == 503, (method, path, response.text)
+            assert response.json() == {"detail": "the state store failed; retry later"}
+            assert "503" in document["paths"][path][method]["responses"], (method, path)
+
+        # A tenant token is looked up in the store, so /metrics can return 503 for it too.
+        metrics = await client.get("/metrics", headers=bearer("awt_0123456789abcdef_secret"))
+    assert metrics.status_code == 503
+    assert metrics.json() == {"detail": "the state store failed; retry later"}
+
+
+RULE_FIELDS = {
+    "id", "name", "description", "enabled", "group", "signal", "match", "group_by", "threshold",
+    "window", "bucket", "cooldown", "renotify", "severity", "labels", "annotations",
+    "on_missing_key", "max_groups",
+}
+RULE_PUT = ("put", "/v1/tenants/{tenant}/rules/{rule_id}")
+
+
+def rule_body_schema(document: dict[str, Any]) -> dict[str, Any]:
+    operation = document["paths"][RULE_PUT[1]][RULE_PUT[0]]
+    schema: dict[str, Any] = operation["requestBody"]["content"]["application/json"]["schema"]
+    return schema
+
+
+def documented_rules() -> list[dict[str, Any]]:
+    """Return the example rules of examples/ssh-rules.yaml and of the README's walkthrough."""
+    rules: list[dict[str, Any]] = yaml.safe_load((ROOT / "examples" / "ssh-rules.yaml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    walkthrough = re.search(r"rules/failed-logins .*\n +-d '(\{.*\})'", readme)
+    assert walkthrough is not None, "README.md has no rule PUT with -d '{...}'"
+    rules.append(orjson.loads(walkthrough.group(1)))
+    return rules
+
+
+async def test_openapi_rule_body_schema(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    schema = rule_body_schema(document)
+    properties = schema["properties"]
+
+    assert RULE_FIELDS <= set(properties)
+    # A name left in these tables after a field was renamed in RuleDefinition would be ignored.
+    assert set(FIELD_DESCRIPTIONS) <= set(properties)
+    assert set(FIELD_CONSTRAINTS) <= set(properties)
+    assert schema["type"] == "object"
+    assert schema["additionalProperties"] is False
+    # The path names the rule, so no field is required, not even id.
+    assert "required" not in schema
+    assert "$defs" not in str(schema)
+    assert "$ref" not in str(schema)
+    assert properties["threshold"]["type"] == "integer"
+    assert properties["threshold"]["minimum"] == 1
+    assert properties["threshold"]["maximum"] == 1_000_000_000
+    assert properties["window"]["anyOf"][0]["type"] == "integer"
+    assert properties["window"]["anyOf"][1]["type"] == "string"
+    assert {"type": "null"} in properties["bucket"]["anyOf"]
+    assert properties["signal"]["enum"] == ["logs", "events", "any"]
+    assert properties["on_missing_key"]["enum"] == ["group", "skip"]
+    assert properties["group_by"]["items"] == {"type": "string"}
+    assert properties["labels"]["additionalProperties"]["type"] == "string"
+    assert properties["enabled"]["type"] == "boolean"
+    assert properties["group"]["pattern"] == "^[A-Za-z0-9_.:-]{1,128}$"
+    # A field added to RuleDefinition needs its entry in rule_schema.FIELD_DESCRIPTIONS.
+    for name, field_schema in properties.items():
+        assert field_schema.get("description"), name
+
+
+async def test_rule_schema_accepts_documented_rules(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    schema = rule_body_schema(document)
+    tenant = await create_tenant(client)
+    rules = [*documented_rules(), *schema["examples"], RULE, {}, {"window": 600, "bucket": None}]
+
+    for rule in rules:
+        rule_id = rule.get("id", "r1")
+        response = await client.put(f"/v1/tenants/{tenant}/rules/{rule_id}", headers=ADMIN, json=rule)
+
+        assert response.status_code == 200, (rule, response.text)
+        assert schema_problems(rule, schema, document) == [], rule
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"tresh": 5},
+        {"threshold": "5"},
+        {"threshold": 0},
+        {"threshold": 1_000_000_001},
+        {"enabled": "yes"},
+        {"signal": "metrics"},
+        {"on_missing_key": "drop"},
+        {"window": 1.5},
+        {"window": -60},
+        {"group": "a b"},
+        {"group_by": "host"},
+        {"labels": {"team": 1}},
+        {"max_groups": 0},
+        [RULE],
+    ],
+)
+async def test_rule_schema_rejects_invalid_rules(client: httpx.AsyncClient, body: object) -> None:
+    document = (await client.get("/openapi.json")).json()
+    tenant = await create_tenant(client)
+
+    response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=body)
+
+    assert response.status_code == 422, response.text
+    assert schema_problems(body, rule_body_schema(document), document) != []
+
+
+def test_rule_schema_inlines_definitions() -> None:
+    definitions = {"Kind": {"enum": ["a", "b"]}, "Loop": {"items": {"$ref": "#/$defs/Loop"}}}
+    schema = {"properties": {"kind": {"$ref": "#/$defs/Kind", "default": "a"}}}
+
+    inlined = _inline_references(schema, definitions)
+
+    assert inlined == {"properties": {"kind": {"enum": ["a", "b"], "default": "a"}}}
+    with pytest.raises(ValueError, match="'Loop' is recursive"):
+        _inline_references({"$ref": "#/$defs/Loop"}, definitions)
+
+
+async def test_rule_put_non_object_body(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=[RULE])
+
+    # FastAPI still parses the body as any JSON object, and the documented schema plays no part.
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "dict_type"
+    assert response.json()["detail"][0]["loc"] == ["body"]
 
 
 def test_create_app_short_admin_token(store: PostgresStore) -> None:

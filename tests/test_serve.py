@@ -121,7 +121,10 @@ def test_serve_end_to_end(
     # The response is built before the service has applied the change.
     assert created.json()["health"]["status"] == "pending"
     wait_until(lambda: rule_status(tenant, "acme") == "inactive", 15, "the rule, inactive while the flag is off")
-    assert tenant.put("/v1/tenants/acme/features/stateful-rules", json={"enabled": True}).status_code == 200
+    # The flag is the operator's switch: the tenant's token may read it, and only the admin switches it.
+    assert tenant.put("/v1/tenants/acme/features/stateful-rules", json={"enabled": True}).status_code == 403
+    assert admin.put("/v1/tenants/acme/features/stateful-rules", json={"enabled": True}).status_code == 200
+    assert tenant.get("/v1/tenants/acme/features/stateful-rules").json()["enabled"] is True
     wait_until(lambda: rule_status(tenant, "acme") == "healthy", 15, "the rule's evaluator to start")
 
     ingest = tenant.post("/v1/tenants/acme/events", json=[login_failed("e1", "db-01"), login_failed("e2", "db-01")])

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict, SkipJsonSchema
 
 from alertwarden.errors import ConfigError, InvalidValueError
 from alertwarden.sources.jetstream import TENANT_ID_PATTERN, TENANT_ID_RULE, validate_tenant
@@ -137,6 +138,57 @@ class RuleHealth(BaseModel):
         " inactive (disabled, or the tenant's flag is off)."
     )
     reason: str | None = None
+
+
+class ErrorMessage(BaseModel):
+    """Body of every error response except 422."""
+
+    detail: str = Field(description="What failed and, where the client can act, what to do next.")
+
+
+def _omit_default(schema: JsonDict) -> None:
+    # The API leaves an absent optional field out instead of sending null, so the documented
+    # schema has no `"default": null`, which would also contradict the field's type.
+    schema.pop("default", None)
+
+
+class ValidationErrorDetail(BaseModel):
+    """One invalid value of a 422 response.
+
+    The API sends three shapes. FastAPI's request validation errors add `type`, and `ctx` for
+    some. Rule validation and values that the store rejects add `field`. The API's own checks of
+    path and query values send only `loc`, `msg` and `input`.
+    """
+
+    loc: list[str | int] = Field(
+        description="Where the value is: path, query or body, then the names and indexes inside"
+        " it. Empty when the store rejected a value whose place in the request it does not know."
+    )
+    msg: str = Field(description="What is wrong with the value and how to fix it.")
+    input: Any = Field(description="The rejected value, or null where no single value applies.")
+    field: str | SkipJsonSchema[None] = Field(
+        None,
+        description="Dotted name of the invalid field, such as threshold, labels.team or"
+        " group_by[1]. Sent by rule validation and for values that the store rejects.",
+        json_schema_extra=_omit_default,
+    )
+    type: str | SkipJsonSchema[None] = Field(
+        None,
+        description="Pydantic's error type, such as bool_type. Sent for errors that FastAPI's"
+        " request validation finds.",
+        json_schema_extra=_omit_default,
+    )
+    ctx: dict[str, Any] | SkipJsonSchema[None] = Field(
+        None,
+        description="Pydantic's error context, such as the limit of a range check.",
+        json_schema_extra=_omit_default,
+    )
+
+
+class ValidationErrorResponse(BaseModel):
+    """Body of a 422 response: every invalid value that was found."""
+
+    detail: list[ValidationErrorDetail]
 
 
 def error_detail(location: list[str | int], message: str, value: object) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from alertwarden.api.models import (
     parse_time,
     unprocessable,
 )
+from alertwarden.api.responses import STORE_FAILED, TENANT_NOT_FOUND, UNAUTHORIZED, invalid
 from alertwarden.engine.records import TransitionKind, format_time
 from alertwarden.rules.model import ID_PATTERN
 from alertwarden.store.checks import INT64_MAX, INT64_MIN
@@ -31,9 +32,10 @@ router = APIRouter(prefix="/v1/tenants/{tenant}/history", tags=["history"])
     summary="List transition history, oldest first",
     response_model=HistoryPage,
     responses={
-        401: {"description": "Missing, invalid or revoked token."},
-        404: {"description": "No such tenant, or a tenant the token may not see."},
-        422: {"description": "Invalid filter, limit or cursor."},
+        **UNAUTHORIZED,
+        **TENANT_NOT_FOUND,
+        422: invalid("Invalid tenant id, filter, limit or cursor."),
+        **STORE_FAILED,
     },
 )
 async def list_history(

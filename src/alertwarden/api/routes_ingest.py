@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from alertwarden.api.deps import TenantScope
 from alertwarden.api.models import unprocessable
+from alertwarden.api.responses import TENANT_NOT_FOUND, UNAUTHORIZED, error, invalid
 from alertwarden.errors import EventError
 from alertwarden.events import Signal
 from alertwarden.logs import get_logger
@@ -202,15 +203,21 @@ def ingest_context(request: Request) -> IngestContext:
     response_model=IngestResult,
     openapi_extra={"requestBody": EVENTS_REQUEST_BODY},
     responses={
-        401: {"description": "Missing, invalid or revoked token."},
-        404: {"description": "No such tenant, or a tenant the token may not see."},
-        413: {
-            "description": "Body over the byte limit, more events than the count limit, or an event"
-            " (named by index) whose message is over the NATS server's max_payload or the"
-            " evaluators' ALERTWARDEN_MAX_MESSAGE_BYTES."
-        },
-        422: {"description": "Invalid JSON, an invalid event (named by index) or an invalid signal."},
-        503: {"description": "No JetStream connection, or JetStream did not store the events."},
+        **UNAUTHORIZED,
+        **TENANT_NOT_FOUND,
+        413: error(
+            "Body over the byte limit, more events than the count limit, or an event (named by"
+            " index) whose message is over the NATS server's max_payload or the evaluators'"
+            " ALERTWARDEN_MAX_MESSAGE_BYTES."
+        ),
+        422: invalid(
+            "Invalid tenant id, invalid JSON, an invalid event (named by index) or an invalid"
+            " signal."
+        ),
+        503: error(
+            "No JetStream connection, JetStream did not store the events, or the state store"
+            " failed while checking the token or the tenant."
+        ),
     },
 )
 async def ingest_events(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from alertwarden.api.deps import Caller
+from alertwarden.api.responses import ADMIN_ONLY, UNAUTHORIZED, error
 from alertwarden.metrics import CONTENT_TYPE, Metrics
 
 router = APIRouter(tags=["metrics"])
@@ -20,9 +21,12 @@ router = APIRouter(tags=["metrics"])
     response_class=Response,
     responses={
         200: {"description": "Prometheus text format.", "content": {CONTENT_TYPE: {}}},
-        401: {"description": "Missing, invalid or revoked token."},
-        403: {"description": "A tenant token; the endpoint requires the admin token."},
-        503: {"description": "This server was built without metrics."},
+        **UNAUTHORIZED,
+        **ADMIN_ONLY,
+        503: error(
+            "This server was built without metrics, or the state store failed while checking a"
+            " tenant token."
+        ),
     },
 )
 async def metrics(caller: Caller, request: Request) -> Response:

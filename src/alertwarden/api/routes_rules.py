@@ -6,7 +6,7 @@ import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
-from pydantic import ValidationError
+from pydantic import ValidationError, WithJsonSchema
 
 from alertwarden.api.deps import Api, ApiContext, TenantScope, not_found
 from alertwarden.api.models import (
@@ -22,6 +22,16 @@ from alertwarden.api.models import (
     rfc3339,
     unprocessable,
 )
+from alertwarden.api.responses import (
+    BODY_TOO_LARGE,
+    STORE_FAILED,
+    TENANT_NOT_FOUND,
+    UNAUTHORIZED,
+    Responses,
+    error,
+    invalid,
+)
+from alertwarden.api.rule_schema import RULE_BODY_SCHEMA
 from alertwarden.engine.records import GroupSnapshot, format_time
 from alertwarden.errors import InvalidValueError, RuleError
 from alertwarden.rules import RuleDefaults, RuleDefinition, RuleFieldErrors, compile_rule
@@ -29,10 +39,14 @@ from alertwarden.rules.model import ID_PATTERN
 from alertwarden.store.checks import check_json_document
 from alertwarden.store.postgres import RuleDeletion
 
-_SCOPED: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing, invalid or revoked token."},
-    404: {"description": "No such tenant or rule, or a tenant the token may not see."},
+_SCOPED: Responses = {
+    **UNAUTHORIZED,
+    **TENANT_NOT_FOUND,
+    422: invalid("Invalid tenant id."),
+    **STORE_FAILED,
 }
+_RULE_NOT_FOUND: Responses = {404: error("No such tenant or rule, or a tenant the token may not see.")}
+_INVALID_RULE_ID: Responses = {422: invalid("Invalid tenant id or rule id.")}
 
 RuleId = Annotated[
     str,
@@ -86,7 +100,12 @@ async def list_rules(tenant: TenantScope, api: Api) -> RuleList:
     "/{rule_id}",
     summary="Read one rule",
     response_model=RuleOut,
-    responses={**_SCOPED, 200: {"description": "The rule; the ETag header is its version."}},
+    responses={
+        **_SCOPED,
+        **_RULE_NOT_FOUND,
+        **_INVALID_RULE_ID,
+        200: {"description": "The rule; the ETag header is its version."},
+    },
 )
 async def get_rule(tenant: TenantScope, rule_id: RuleId, api: Api, response: Response) -> RuleOut:
     rows = await api.store.rule_definitions(tenant, rule_id)
@@ -104,9 +123,12 @@ async def get_rule(tenant: TenantScope, rule_id: RuleId, api: Api, response: Res
     responses={
         **_SCOPED,
         200: {"description": "The rule was stored; the ETag header is its new version."},
-        412: {"description": "If-Match does not name the stored version."},
-        413: {"description": "The body is larger than the limit."},
-        422: {"description": "The rule is invalid; each error names the field and the value."},
+        412: error("If-Match does not name the stored version, which includes a rule not stored yet."),
+        **BODY_TOO_LARGE,
+        422: invalid(
+            "Invalid tenant id or rule id, or an invalid rule: each error names the field and the"
+            " value."
+        ),
     },
 )
 async def put_rule(
@@ -114,7 +136,9 @@ async def put_rule(
     rule_id: RuleId,
     api: Api,
     response: Response,
-    body: Annotated[dict[str, Any], Body(description="One rule in the rule file format, as JSON.")],
+    # WithJsonSchema replaces only the documented schema: FastAPI still parses the body as any
+    # JSON object, and _validate_rule validates it and words the 422 errors.
+    body: Annotated[dict[str, Any], WithJsonSchema(RULE_BODY_SCHEMA), Body(title="Rule")],
     if_match: Annotated[str | None, Header(description='Stored version, such as "3".')] = None,
 ) -> RuleOut:
     definition, entry = _validate_rule(rule_id, body, api.rule_defaults)
@@ -165,8 +189,10 @@ async def put_rule(
     response_class=Response,
     responses={
         **_SCOPED,
+        **_RULE_NOT_FOUND,
+        **_INVALID_RULE_ID,
         204: {"description": "The rule is deleted; its state goes at the next sweep."},
-        412: {"description": "If-Match does not name the stored version; nothing was deleted."},
+        412: error("If-Match does not name the stored version; nothing was deleted."),
     },
 )
 async def delete_rule(
@@ -197,7 +223,7 @@ async def delete_rule(
     "/{rule_id}/groups",
     summary="List the stored groups of a rule",
     response_model=GroupPage,
-    responses={**_SCOPED, 422: {"description": "Invalid limit or cursor."}},
+    responses={**_SCOPED, 422: invalid("Invalid tenant id, rule id, limit or cursor.")},
 )
 async def list_groups(
     tenant: TenantScope,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Response
 
@@ -20,14 +20,26 @@ from alertwarden.api.models import (
     check_tenant_id,
     rfc3339,
 )
+from alertwarden.api.responses import (
+    ADMIN_ONLY,
+    BODY_TOO_LARGE,
+    STORE_FAILED,
+    TENANT_NOT_FOUND,
+    UNAUTHORIZED,
+    Responses,
+    error,
+    invalid,
+)
 
 STATEFUL_RULES = "stateful-rules"
 
-Responses = dict[int | str, dict[str, Any]]
-
-_AUTH: Responses = {401: {"description": "Missing, invalid or revoked token."}}
-_SCOPED: Responses = {**_AUTH, 404: {"description": "No such tenant, or a tenant the token may not see."}}
-_ADMIN_ONLY: Responses = {**_SCOPED, 403: {"description": "A tenant token called an admin-only endpoint."}}
+_SCOPED: Responses = {
+    **UNAUTHORIZED,
+    **TENANT_NOT_FOUND,
+    422: invalid("Invalid tenant id."),
+    **STORE_FAILED,
+}
+_ADMIN_ONLY: Responses = {**_SCOPED, **ADMIN_ONLY}
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 
@@ -39,9 +51,9 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
     responses={
         200: {"description": "The tenant already existed and is unchanged."},
         201: {"description": "The tenant was created with stateful-rules off."},
-        403: {"description": "A tenant token called an admin-only endpoint."},
-        422: {"description": "Invalid tenant id."},
-        **_AUTH,
+        **_ADMIN_ONLY,
+        403: error("The tenant's own token, because creating a tenant requires the admin token."),
+        404: error("Another tenant's token, which may not see this tenant."),
     },
 )
 async def put_tenant(
@@ -85,13 +97,15 @@ async def get_stateful_rules(tenant: TenantScope, api: Api) -> Feature:
 
 @router.put(
     "/{tenant}/features/stateful-rules",
-    summary="Switch the stateful-rules flag",
+    summary="Switch the stateful-rules flag (admin)",
     response_model=Feature,
-    responses={**_SCOPED, 422: {"description": "Invalid body or tenant id."}},
+    responses={**_ADMIN_ONLY, **BODY_TOO_LARGE, 422: invalid("Invalid body or tenant id.")},
 )
 async def put_stateful_rules(
-    tenant: TenantScope, api: Api, body: Annotated[FeatureBody, Body()]
+    tenant: AdminScope, api: Api, body: Annotated[FeatureBody, Body()]
 ) -> Feature:
+    # The flag is the platform operator's rollout switch, so a tenant token may read it but not
+    # switch it. AdminScope checks the tenant first, so another tenant's flag still returns 404.
     await api.store.set_feature(tenant, body.enabled)
     api.rules_changed()
     return Feature(tenant=tenant, feature=STATEFUL_RULES, enabled=body.enabled)
@@ -102,7 +116,11 @@ async def put_stateful_rules(
     summary="Create a tenant token (admin)",
     status_code=201,
     response_model=IssuedTokenOut,
-    responses={**_ADMIN_ONLY, 422: {"description": "Invalid body or tenant id."}},
+    responses={
+        **_ADMIN_ONLY,
+        **BODY_TOO_LARGE,
+        422: invalid("Invalid body or tenant id, or a token name that the store cannot hold."),
+    },
 )
 async def post_token(
     tenant: AdminScope, api: Api, body: Annotated[TokenRequest | None, Body()] = None
@@ -148,7 +166,12 @@ async def list_tokens(tenant: AdminScope, api: Api) -> TokenList:
     summary="Revoke a tenant token (admin)",
     status_code=204,
     response_class=Response,
-    responses={**_ADMIN_ONLY, 204: {"description": "The token is revoked."}},
+    responses={
+        **_ADMIN_ONLY,
+        204: {"description": "The token is revoked."},
+        404: error("No such tenant or active token, or a tenant the token may not see."),
+        422: invalid("Invalid tenant id, or a token id that the store cannot hold."),
+    },
 )
 async def revoke_token(tenant: AdminScope, token_id: str, api: Api) -> Response:
     if not await api.store.revoke_api_token(tenant, token_id):
