@@ -1492,7 +1492,7 @@ def _encode_history_columns(history: dict[str, list[Any]]) -> dict[str, _BinaryA
     """Encode the checked columns of _history_columns as the h_ array parameters.
 
     psycopg's list dumper escapes each element of a text array with a regex in Python, which took
-    most of the time of a record_transitions statement; these arrays go out in binary instead.
+    most of the time of a record_transitions statement. Binary arrays need no escaping.
     """
     arrays = {
         "h_at_s": _fixed_array(_OID_FLOAT8, "d", 8, history["at_s"]),
