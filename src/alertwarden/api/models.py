@@ -134,8 +134,9 @@ class Health(BaseModel):
 class RuleHealth(BaseModel):
     status: str = Field(
         description="healthy, unhealthy (regex timeouts, or a stored definition that does not"
-        " compile), starting, elsewhere (another serve node holds the rule group's lease), or"
-        " inactive (disabled, or the tenant's flag is off)."
+        " compile), starting, elsewhere (another serve node holds the rule group's lease),"
+        " pending (a change made through this node is not applied yet), or inactive (disabled,"
+        " or the tenant's flag is off)."
     )
     reason: str | None = None
 
