@@ -17,6 +17,11 @@ loop, as the service does:
   PostgresStore and the service's DiscardSink. The "evaluated" time ends when every worker's
   applied_offset has passed its tenant's last stream sequence (polled every 50 ms). The
   "flushed" time also includes stop(), which writes the final flush and checkpoint.
+- serve process (path `serve-process`): a real `alertwarden serve` process on the same stream
+  and database, with the API, metrics and lease sessions of a node. Its tenants and rules are
+  created over the API with the stateful-rules flag off; the time runs from switching every
+  flag on to the moment /metrics counts every event as evaluated. "Flushed" also includes the
+  SIGTERM stop, which flushes every evaluator.
 - service-split and fetch-split: the service and fetch paths in --processes child processes
   (default: the CPU count), each with the tenants dealt to it round-robin, as that many `serve`
   nodes on one host divide the rule groups. The children connect and build their workers first;
@@ -40,7 +45,10 @@ import multiprocessing
 import os
 import platform
 import random
+import secrets
 import shlex
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +60,7 @@ from multiprocessing.connection import Connection
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import nats
 import orjson
 import psycopg
@@ -93,7 +102,7 @@ SEED = 20261204
 TARGET_RATIO = 0.5
 POLL_INTERVAL_S = 0.05
 LOOKBACK_MARGIN_S = 30.0
-PATHS = ("fetch", "fetch-ack", "nats-py-fetch", "service", "fetch-split", "service-split")
+PATHS = ("fetch", "fetch-ack", "nats-py-fetch", "service", "serve-process", "fetch-split", "service-split")
 SPLIT_PATHS = {"fetch-split": "fetch", "service-split": "service"}
 """Paths that run in --processes child processes, and the path each child runs."""
 STATUS_HEADER = "Status"
@@ -576,6 +585,186 @@ async def run_service_pass(
     return worker_totals(workers, seconds)
 
 
+# --------------------------------------------------------------------------- serve process
+
+SERVE_START_TIMEOUT_S = 60.0
+SERVE_STOP_TIMEOUT_S = 120.0
+METRICS_POLL_FIRST_S = 0.25
+METRICS_POLL_FAST_S = 0.05
+"""A scrape of /metrics refreshes every series of the node, which costs the node CPU. So the pass
+scrapes after METRICS_POLL_FIRST_S, then sleeps until about 80 % of the time the rate so far
+predicts for the rest, and scrapes every METRICS_POLL_FAST_S only near the end: a few scrapes
+per pass, and the end timed within 50 ms."""
+
+
+def rule_bodies(signal_name: str, threshold: int) -> dict[str, dict[str, object]]:
+    """Return the rules of rules_yaml as API bodies, by rule id."""
+    return {
+        f"rule-{index}": {
+            "group": RULE_GROUP,
+            "signal": signal_name,
+            "match": {"field": "event_class", "equals": event_class},
+            "group_by": ["src_ip"],
+            "threshold": threshold,
+            "window": f"{WINDOW_S}s",
+            "bucket": f"{BUCKET_S}s",
+        }
+        for index, event_class in enumerate(EVENT_CLASSES)
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(slots=True)
+class ServeProcess:
+    """One `alertwarden serve` child on a loopback port, with the admin token of this run."""
+
+    process: subprocess.Popen[bytes]
+    client: httpx.AsyncClient
+
+    @classmethod
+    async def start(cls, nats_url: str, settings: JetStreamSettings, url: str) -> ServeProcess:
+        port = free_port()
+        token = secrets.token_hex(16)
+        env = {
+            **os.environ,
+            "ALERTWARDEN_DATABASE_URL": url,
+            "ALERTWARDEN_NATS_URL": nats_url,
+            "ALERTWARDEN_STREAM": settings.stream,
+            "ALERTWARDEN_LOGS_SUBJECT": settings.logs_subject,
+            "ALERTWARDEN_EVENTS_SUBJECT": settings.events_subject,
+            "ALERTWARDEN_STREAM_MAX_BYTES": str(settings.max_bytes),
+            "ALERTWARDEN_ADMIN_TOKEN": token,
+            "ALERTWARDEN_BIND_PORT": str(port),
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "alertwarden", "serve", "--log-level", "warning"], env=env
+        )
+        client = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+        )
+        serve = cls(process, client)
+        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                await client.aclose()
+                raise SystemExit(f"alertwarden serve exited with status {process.returncode}; see its log above")
+            try:
+                if (await client.get("/healthz")).status_code == 200:
+                    return serve
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                await serve.kill()
+                raise SystemExit(f"alertwarden serve did not answer /healthz within {SERVE_START_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.1)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = await self.client.request(method, path, **kwargs)
+        if response.status_code >= 300:
+            raise SystemExit(f"{method} {path} returned {response.status_code}: {response.text}")
+        return response
+
+    async def evaluated_events(self) -> int:
+        """Return the events that the node's evaluators counted, matched or not, from /metrics."""
+        text = (await self.request("GET", "/metrics")).text
+        total = 0
+        for line in text.splitlines():
+            if line.startswith("alertwarden_events_total{") and (
+                'result="matched"' in line or 'result="unmatched"' in line
+            ):
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
+
+    async def stop(self) -> None:
+        """Send SIGTERM and wait for the graceful stop, which flushes every evaluator."""
+        self.process.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        try:
+            status = await loop.run_in_executor(None, self.process.wait, SERVE_STOP_TIMEOUT_S)
+        finally:
+            await self.client.aclose()
+        if status != 0:
+            raise SystemExit(f"alertwarden serve stopped with status {status}; see its log above")
+
+    async def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        await self.client.aclose()
+
+
+async def prepare_serve_tenants(serve: ServeProcess, tenants: Sequence[str], bodies: dict[str, dict[str, object]]) -> None:
+    """Create the tenants and their rules over the API, unless a previous pass did."""
+    for tenant in tenants:
+        await serve.request("PUT", f"/v1/tenants/{tenant}")
+        for rule_id, body in bodies.items():
+            await serve.request("PUT", f"/v1/tenants/{tenant}/rules/{rule_id}", json=body)
+
+
+async def switch_flags(url: str, enabled: bool) -> None:
+    """Set every tenant's stateful-rules flag in one statement; a node sees it at its next poll."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("UPDATE tenants SET stateful_rules = %s", (enabled,))
+
+
+async def run_serve_process_pass(
+    args: argparse.Namespace,
+    settings: JetStreamSettings,
+    url: str,
+    tenants: Sequence[str],
+    event_count: int,
+) -> ServicePass:
+    """Time a serve process from the flag switch to all events evaluated, and to its stop.
+
+    The process starts with every tenant's flag off, so nothing is evaluated before the clock
+    starts. State tables are emptied before the start, as for the other service passes. The
+    clock starts before one statement switches every flag on and one API call switches the last
+    tenant's again, which makes the node reconcile at once and start all evaluators together.
+    Ten API calls, one per tenant, would start them one reconcile apart instead, about 1 s
+    from the first to the last on the 2-core machine, while the first ones already evaluate.
+    """
+    await switch_flags(url, False)
+    serve = await ServeProcess.start(args.nats_url, settings, url)
+    try:
+        await prepare_serve_tenants(serve, tenants, rule_bodies(args.signal, args.threshold))
+        started = time.monotonic()
+        await switch_flags(url, True)
+        await serve.request("PUT", f"/v1/tenants/{tenants[-1]}/features/stateful-rules", json={"enabled": True})
+        deadline = started + args.timeout_s
+        evaluated_count = 0
+        wait_s = METRICS_POLL_FIRST_S
+        while evaluated_count < event_count:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"serve process evaluated {evaluated_count:,} of {event_count:,} events in "
+                    f"{args.timeout_s:g} s: raise --timeout-s, or check its log above"
+                )
+            await asyncio.sleep(wait_s)
+            evaluated_count = await serve.evaluated_events()
+            elapsed = time.monotonic() - started
+            if evaluated_count:
+                remaining_s = (event_count - evaluated_count) * elapsed / evaluated_count
+                wait_s = max(METRICS_POLL_FAST_S, 0.8 * remaining_s)
+            else:
+                wait_s = METRICS_POLL_FAST_S
+        evaluated = time.monotonic()
+    except BaseException:
+        await serve.kill()
+        raise
+    await serve.stop()
+    flushed = time.monotonic()
+    if evaluated_count != event_count:
+        raise SystemExit(f"serve process evaluated {evaluated_count:,} events, expected {event_count:,}")
+    result = ServicePass(evaluated - started, flushed - started)
+    result.events = evaluated_count
+    result.matched = evaluated_count
+    return result
+
+
 # ------------------------------------------------------------------------- split over processes
 
 
@@ -786,6 +975,8 @@ async def measure_paths(
                 service = await run_service_pass(
                     js, settings, store, workload.tenants, rules_text, last_sequences, args.timeout_s
                 )
+            elif path == "serve-process":
+                service = await run_serve_process_pass(args, settings, url, workload.tenants, len(workload.events))
             else:
                 split = await run_split_pass(split_jobs("service", args, settings, url, workload, last_sequences))
                 assert isinstance(split, ServicePass)
@@ -884,6 +1075,7 @@ def row_name(path: str, processes: int) -> str:
         "nats-py-fetch": "fetch-only, nats-py PullSubscription.fetch",
         "fetch-split": f"fetch-only, pull requests + callback, {processes} processes",
         "service": "service",
+        "serve-process": "alertwarden serve process",
         "service-split": f"service, {processes} processes",
     }
     return names[path]
@@ -925,6 +1117,9 @@ def print_results(measurements: Measurements, event_count: int, processes: int) 
         if passes[0].delivered != event_count:
             print(f"The {path} consumers received {passes[0].delivered:,} messages for {event_count:,} events.")
     for path, service_passes in measurements.service.items():
+        if path == "serve-process":
+            # The process reports its counts only through /metrics, which the pass reads for events.
+            continue
         last = service_passes[-1]
         print(
             f"{row_name(path, processes)} pass (last of {len(service_passes)}): {last.flushes} flushes of "
@@ -960,9 +1155,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--paths",
-        default="fetch,fetch-ack,service,fetch-split,service-split",
-        help="comma-separated paths to time: fetch, fetch-ack, nats-py-fetch, service, fetch-split, "
-        "service-split (default all but nats-py-fetch)",
+        default="fetch,fetch-ack,service,serve-process,fetch-split,service-split",
+        help="comma-separated paths to time: fetch, fetch-ack, nats-py-fetch, service, serve-process, "
+        "fetch-split, service-split (default all but nats-py-fetch)",
     )
     parser.add_argument(
         "--processes",
