@@ -260,6 +260,9 @@ def test_serve_unreachable_postgres(tmp_path: Path, names: ServeNames) -> None:
     assert result.returncode == 2
     assert "PostgreSQL is not reachable" in result.stderr
     assert "ALERTWARDEN_DATABASE_URL" in result.stderr
+    # NATS was reachable, and the service closed that connection itself.
+    assert "nats_connection_closed" not in result.stderr
+    assert "Connection refused. Is the server running" in result.stderr
 
 
 def test_serve_unreachable_both_servers(tmp_path: Path, names: ServeNames) -> None:

@@ -546,6 +546,8 @@ class Service:
         if isinstance(store_result, PostgresStore):
             await store_result.close()
         if isinstance(nats_result, NatsClient):
+            # A close of our own, which the disconnect and closed callbacks must not report.
+            self._nats_closing = True
             await nats_result.close()
         unexpected = [error for error in failures if not isinstance(error, ConfigError)]
         if unexpected:
@@ -570,7 +572,7 @@ class Service:
                 )
         except StoreError as error:
             raise ConfigError(
-                f"PostgreSQL is not reachable or not usable: {_sentence(' '.join(str(error).split()))} Set ALERTWARDEN_DATABASE_URL to "
+                f"PostgreSQL is not reachable or not usable: {_one_line(str(error))} Set ALERTWARDEN_DATABASE_URL to "
                 "the database to use, such as postgresql://user@host:5432/alertwarden"
             ) from None
         return store
@@ -783,6 +785,12 @@ def _display_url(url: str) -> str:
     if "@" in rest:
         rest = "<credentials>@" + rest.split("@", 1)[1]
     return scheme + separator + rest
+
+
+def _one_line(text: str) -> str:
+    """Join the lines of an error message, such as libpq's, into sentences on one line."""
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return " ".join(_sentence(line) for line in lines if line)
 
 
 def _sentence(text: str) -> str:
