@@ -1386,8 +1386,10 @@ async def test_openapi_rule_body_schema(client: httpx.AsyncClient) -> None:
     assert properties["threshold"]["type"] == "integer"
     assert properties["threshold"]["minimum"] == 1
     assert properties["threshold"]["maximum"] == 1_000_000_000
-    assert properties["window"]["anyOf"][0]["type"] == "integer"
+    assert properties["window"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 30 * 86400}
     assert properties["window"]["anyOf"][1]["type"] == "string"
+    assert properties["bucket"]["anyOf"][0]["minimum"] == 1
+    assert properties["cooldown"]["anyOf"][0] == {"type": "integer", "minimum": 0}
     assert {"type": "null"} in properties["bucket"]["anyOf"]
     assert properties["signal"]["enum"] == ["logs", "events", "any"]
     assert properties["on_missing_key"]["enum"] == ["group", "skip"]

@@ -132,6 +132,8 @@ VALIDATION_CASES = [
     ("bad regex", "- id: r1\n  match: {field: x, regex: 'a[b'}\n", "rule 'r1' field 'match.regex': invalid regex \"a[b\": unterminated character set at position 1"),
     ("bad duration", "- id: r1\n  window: 10 minutes\n", "rule 'r1' field 'window': invalid duration '10 minutes'"),
     ("negative cooldown", "- id: r1\n  cooldown: -5\n", "rule 'r1' field 'cooldown': invalid duration -5: must not be negative"),
+    ("null cooldown", "- id: r1\n  cooldown: null\n", "rule 'r1' field 'cooldown': invalid duration null: use seconds or a string"),
+    ("boolean window", "- id: r1\n  window: true\n", "rule 'r1' field 'window': invalid duration true: use seconds or a string"),
     ("zero window", "- id: r1\n  window: 0\n", "rule 'r1' field 'window': window 0s is out of range"),
     ("window too long", "- id: r1\n  window: 31d\n", "rule 'r1' field 'window': window 31d is out of range: use from 1s to 30d"),
     ("too many buckets", "- id: r1\n  window: 1d\n  bucket: 1s\n", "rule 'r1' field 'bucket': 1s splits the window 1d into 86400 buckets, the maximum is 10000"),

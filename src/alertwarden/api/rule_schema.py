@@ -19,6 +19,7 @@ from alertwarden.rules.model import (
     ID_PATTERN,
     MAX_TEXT_CHARS,
     MAX_THRESHOLD,
+    MAX_WINDOW_S,
     DurationSeconds,
     RuleDefinition,
 )
@@ -81,6 +82,12 @@ FIELD_CONSTRAINTS: dict[str, dict[str, Any]] = {
 }
 """Limits that RuleDefinition checks in validators, which pydantic cannot derive a schema from."""
 
+DURATION_BOUNDS: dict[str, dict[str, int]] = {
+    "window": {"minimum": 1, "maximum": MAX_WINDOW_S},
+    "bucket": {"minimum": 1, "maximum": MAX_WINDOW_S},
+}
+"""Bounds of the integer form of the durations that have them; a string form is checked by the server."""
+
 RULE_EXAMPLE: dict[str, Any] = {
     "match": {"field": "kind", "equals": "login_failed"},
     "group_by": ["host"],
@@ -120,6 +127,11 @@ def rule_body_schema() -> dict[str, Any]:
     for name, constraints in FIELD_CONSTRAINTS.items():
         if name in properties:
             properties[name].update(copy.deepcopy(constraints))
+    # Whole seconds within the limits that RuleDefinition's validators check.
+    for name, bounds in DURATION_BOUNDS.items():
+        for branch in properties.get(name, {}).get("anyOf", []):
+            if branch.get("type") == "integer":
+                branch.update(bounds)
 
     # The path names the rule, so the body may leave id out.
     required = [name for name in schema.pop("required", []) if name != "id"]

@@ -24,8 +24,10 @@ def parse_duration(value: object) -> int:
     such as `90s`, `10m`, `6h`, `1d` or `1h30m`. Raises ValueError naming the value otherwise.
     Negative values are rejected here, and each field sets its own lower limit.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}: use seconds or a string such as '90s' or '10m'")
+    if value is None or isinstance(value, bool):
+        # Spelled as YAML and JSON spell them, since rules are written in those.
+        shown = "null" if value is None else str(value).lower()
+        raise ValueError(f"invalid duration {shown}: use seconds or a string such as '90s' or '10m'")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"invalid duration {value!r}: must not be negative")

@@ -41,12 +41,9 @@ class RuleFieldErrors(ValueError):
         self.problems = tuple(problems)
 
 
-def _parse_duration_field(value: object) -> object:
-    # None passes through so that an optional duration (bucket) can be left unset.
-    return None if value is None else parse_duration(value)
-
-
-DurationSeconds = Annotated[int, BeforeValidator(_parse_duration_field)]
+# An optional duration (`DurationSeconds | None`, such as bucket) takes None before this
+# validator runs, so a None that reaches it is a required duration set to null.
+DurationSeconds = Annotated[int, BeforeValidator(parse_duration)]
 
 
 class RuleDefinition(BaseModel):
