@@ -308,3 +308,33 @@ def test_settings_rule_defaults_invalid(
 
     assert str(caught.value) == f"invalid settings: {expected}"
     assert "pg-password" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (
+            {"COOLDOWN": "abc", "THRESHOLD": "0"},
+            ["COOLDOWN: invalid duration 'abc'", "THRESHOLD: threshold 0 is out of range"],
+        ),
+        (
+            {"SIGNAL": "metrics", "WINDOW": "1m", "BUCKET": "7s"},
+            ["SIGNAL: Input should be 'logs', 'events' or 'any'", "BUCKET: 7s does not divide the window 1m"],
+        ),
+    ],
+)
+def test_settings_rule_defaults_every_error(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: list[str]
+) -> None:
+    # A default that fails to parse must not hide one that parses but fails the rule checks.
+    for name, value in variables.items():
+        monkeypatch.setenv(f"ALERTWARDEN_RULE_DEFAULTS__{name}", value)
+    monkeypatch.setenv("ALERTWARDEN_FETCH_BATCH", "0")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert "ALERTWARDEN_FETCH_BATCH: Input should be greater than or equal to 1" in message
+    for part in expected:
+        assert f"ALERTWARDEN_RULE_DEFAULTS__{part}" in message

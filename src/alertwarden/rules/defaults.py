@@ -11,7 +11,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from alertwarden.events import Signal
 from alertwarden.rules.durations import format_duration
@@ -50,18 +59,7 @@ class RuleDefaults(BaseModel):
     @field_validator("group_by", mode="before")
     @classmethod
     def _split_group_by(cls, value: Any) -> Any:
-        # An environment variable contains a JSON array or a comma-separated string, as the list
-        # settings of alertwarden.settings do. pydantic-settings passes on the text of an array
-        # that is not valid JSON, so it is decoded here again to report the JSON error.
-        if not isinstance(value, str):
-            return value
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"invalid JSON array: {error}") from None
-        return [part.strip() for part in text.split(",") if part.strip()]
+        return _split_list(value)
 
     @model_validator(mode="after")
     def _check_as_rule(self) -> RuleDefaults:
@@ -70,6 +68,30 @@ class RuleDefaults(BaseModel):
         except ValidationError as error:
             raise RuleFieldErrors(_field_problems(error)) from None
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _report_every_default(cls, data: Any, handler: ModelWrapValidatorHandler[RuleDefaults]) -> RuleDefaults:
+        # A field error stops pydantic before _check_as_rule runs, so the defaults whose fields
+        # parsed are checked again on their own, and both sets of errors are raised together.
+        try:
+            return handler(data)
+        except ValidationError as error:
+            if not isinstance(data, Mapping):
+                raise
+            failed = {detail["loc"][0] for detail in error.errors() if detail["loc"]}
+            parsed = {key: value for key, value in data.items() if key not in failed}
+            if not failed or len(parsed) == len(data):
+                # The rule check itself failed, or the errors name no key of `data`.
+                raise
+            try:
+                cls.model_validate(parsed)
+            except ValidationError as parsed_error:
+                details = [*error.errors(include_url=False), *parsed_error.errors(include_url=False)]
+                raise ValidationError.from_exception_data(
+                    cls.__name__, [_init_details(detail) for detail in details]
+                ) from None
+            raise
 
     def rule_fields(self) -> dict[str, Any]:
         """Return the defaults that are set, by rule field name, as a rule file or a PUT writes them.
@@ -109,6 +131,32 @@ class RuleDefaults(BaseModel):
             else:
                 filled.setdefault(field, value)
         return filled
+
+
+def _split_list(value: Any) -> Any:
+    """Split the text of a list default: a JSON array or a comma-separated string.
+
+    An environment variable contains one of the two, as the list settings of alertwarden.settings
+    do. pydantic-settings passes on the text of an array that is not valid JSON, so it is decoded
+    here again to report the JSON error.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"invalid JSON array: {error}") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _init_details(detail: Any) -> InitErrorDetails:
+    """Return an error of ValidationError.errors() in the form from_exception_data takes."""
+    init: InitErrorDetails = {"type": detail["type"], "loc": detail["loc"], "input": detail["input"]}
+    if "ctx" in detail:
+        init["ctx"] = detail["ctx"]
+    return init
 
 
 def _field_problems(error: ValidationError) -> list[tuple[str, str]]:
