@@ -93,7 +93,9 @@ async def measure(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=20_000, help="approximate record count of the timed tenant (default 20000)")
+    parser.add_argument(
+        "--records", type=int, default=20_000, help="approximate record count of the timed tenant (default 20000)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed passes (default 5)")
     args = parser.parse_args()
     if args.records < 1 or args.repeats < 1:

@@ -19,7 +19,7 @@ loop, as the service does:
   "flushed" time also includes stop(), which writes the final flush and checkpoint.
 - serve process (path `serve-process`): a real `alertwarden serve` process on the same stream
   and database, with the API, metrics and lease sessions of a node. Its tenants and rules are
-  created over the API with the stateful-rules flag off; the time runs from switching every
+  created over the API with the stateful-rules flag off. The time runs from switching every
   flag on to the moment /metrics counts every event as evaluated. "Flushed" also includes the
   SIGTERM stop, which flushes every evaluator.
 - service-split and fetch-split: the service and fetch paths in --processes child processes
@@ -592,9 +592,9 @@ SERVE_STOP_TIMEOUT_S = 120.0
 METRICS_POLL_FIRST_S = 0.25
 METRICS_POLL_FAST_S = 0.05
 """A scrape of /metrics refreshes every series of the node, which costs the node CPU. So the pass
-scrapes after METRICS_POLL_FIRST_S, then sleeps until about 80 % of the time the rate so far
-predicts for the rest, and scrapes every METRICS_POLL_FAST_S only near the end: a few scrapes
-per pass, and the end timed within 50 ms."""
+scrapes once after METRICS_POLL_FIRST_S and then sleeps for about 80 % of the time that the rate
+so far predicts for the rest. Only near the end does it scrape every METRICS_POLL_FAST_S, which
+times the end within 50 ms with a few scrapes per pass."""
 
 
 def rule_bodies(signal_name: str, threshold: int) -> dict[str, dict[str, object]]:
@@ -660,7 +660,7 @@ class ServeProcess:
                 pass
             if time.monotonic() > deadline:
                 await serve.kill()
-                raise SystemExit(f"alertwarden serve did not answer /healthz within {SERVE_START_TIMEOUT_S:g} s")
+                raise SystemExit(f"alertwarden serve did not respond to /healthz within {SERVE_START_TIMEOUT_S:g} s")
             await asyncio.sleep(0.1)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -706,7 +706,7 @@ async def prepare_serve_tenants(serve: ServeProcess, tenants: Sequence[str], bod
 
 
 async def switch_flags(url: str, enabled: bool) -> None:
-    """Set every tenant's stateful-rules flag in one statement; a node sees it at its next poll."""
+    """Set every tenant's stateful-rules flag in one statement, which a node reads at its next poll."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("UPDATE tenants SET stateful_rules = %s", (enabled,))
 

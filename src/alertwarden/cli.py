@@ -94,7 +94,9 @@ SkewOption = Annotated[
 LineLimitOption = Annotated[
     int, typer.Option("--max-line-bytes", help="Longer input lines are skipped and counted.")
 ]
-LogLevelOption = Annotated[str, typer.Option("--log-level", help="Lowest level of the log lines on stderr: debug, info, warning or error.")]
+LogLevelOption = Annotated[
+    str, typer.Option("--log-level", help="Lowest level of the log lines on stderr: debug, info, warning or error.")
+]
 LogFormatOption = Annotated[str, typer.Option("--log-format", help="Log format on stderr: auto, console or json.")]
 
 

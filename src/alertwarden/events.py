@@ -66,7 +66,6 @@ class Event:
         )
 
 
-
 class FieldPath:
     """A compiled dotted path such as `attributes.src_ip` or `resource.attributes.host.name`.
 

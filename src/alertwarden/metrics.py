@@ -161,8 +161,11 @@ class Metrics:
         self.events.labels(tenant, EventResult.INVALID).inc(count)
 
     def add_rule_group(self, tenant: str, rule_group: str) -> None:
-        """Create the restart series of a running rule group at 0, so that rate() and increase()
-        see its first restart instead of a series that starts at 1."""
+        """Create the restart series of a running rule group at 0.
+
+        Without it, the series would start at 1 with the first restart, which rate() and
+        increase() do not count.
+        """
         self.evaluator_restarts.labels(tenant, rule_group)
 
     def record_restart(self, tenant: str, rule_group: str) -> None:

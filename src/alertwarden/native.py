@@ -75,15 +75,20 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
 
 
+def _in_source_checkout() -> bool:
+    """Return True for a package imported from src/ of a checkout, where pip builds in place."""
+    return _PACKAGE_DIR.parent.name == "src" and (_PACKAGE_DIR.parents[1] / "pyproject.toml").exists()
+
+
 def use_sources_when_needed() -> str | None:
     """Import the compiled modules from source when asked to or when stale; return the reason.
 
     Run before any of them is imported: the package's __init__ calls it.
     """
+    stale = stale_modules() if _in_source_checkout() else []
     if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
         reason = f"{PURE_PYTHON_VARIABLE} is set"
-    elif (_PACKAGE_DIR.parent.name == "src" and (_PACKAGE_DIR.parents[1] / "pyproject.toml").exists()
-          and (stale := stale_modules())):
+    elif stale:
         reason = (
             f"{len(stale)} compiled module(s) are older than their source, {stale[0]} first; "
             "run `pip install -e .` again to rebuild them"

@@ -26,8 +26,8 @@ def parse_duration(value: object) -> int:
     """
     if value is None or isinstance(value, bool):
         # Spelled as YAML and JSON spell them, since rules are written in those.
-        shown = "null" if value is None else str(value).lower()
-        raise ValueError(f"invalid duration {shown}: use seconds or a string such as '90s' or '10m'")
+        literal = "null" if value is None else str(value).lower()
+        raise ValueError(f"invalid duration {literal}: use seconds or a string such as '90s' or '10m'")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"invalid duration {value!r}: must not be negative")

@@ -178,7 +178,8 @@ class Service:
             api = asyncio.create_task(server.serve(sockets=[listener]), name="api")
             self._api_task = api
             compiled = is_compiled()
-            self.metrics.build_info.labels(version=alertwarden.__version__, compiled=str(compiled).lower()).set(1)
+            build = self.metrics.build_info.labels(version=alertwarden.__version__, compiled=str(compiled).lower())
+            build.set(1)
             if alertwarden.SOURCES_REASON is not None:
                 log.warning("compiled_modules_not_used", reason=alertwarden.SOURCES_REASON)
             log.info(
@@ -492,7 +493,8 @@ class Service:
         if problem is not None:
             return {"status": "unhealthy", "reason": problem.message}
         if self._changes_applied < self._changes_requested:
-            return {"status": "pending", "reason": "a rule or feature flag change is being applied to the evaluators"}
+            reason = "a rule or feature flag change is being applied to the evaluators"
+            return {"status": "pending", "reason": reason}
         return {"status": "inactive", "reason": "not evaluated: the rule is disabled or the tenant's stateful-rules flag is off"}
 
     def refresh_metrics(self) -> None:
@@ -572,8 +574,9 @@ class Service:
                 )
         except StoreError as error:
             raise ConfigError(
-                f"PostgreSQL is not reachable or not usable: {_one_line(str(error))} Set ALERTWARDEN_DATABASE_URL to "
-                "the database to use, such as postgresql://user@host:5432/alertwarden"
+                f"PostgreSQL is not reachable or not usable: {_one_line(str(error))} Set "
+                "ALERTWARDEN_DATABASE_URL to the database to use, such as "
+                "postgresql://user@host:5432/alertwarden"
             ) from None
         return store
 
@@ -605,8 +608,8 @@ class Service:
         except (OSError, TimeoutError, nats.errors.Error) as error:
             cause = errors[0] if isinstance(error, TimeoutError) and errors else error
             raise ConfigError(
-                f"NATS is not reachable at {_display_url(url)}: {_sentence(_describe_error(cause))} Start "
-                "nats-server with JetStream (-js), or set ALERTWARDEN_NATS_URL to its address"
+                f"NATS is not reachable at {_display_url(url)}: {_sentence(_describe_error(cause))} "
+                "Start nats-server with JetStream (-js), or set ALERTWARDEN_NATS_URL to its address"
             ) from None
         return client
 
@@ -794,7 +797,7 @@ def _one_line(text: str) -> str:
 
 
 def _sentence(text: str) -> str:
-    """Return `text` ending with a full stop, unless it ends with one, a question or an exclamation mark."""
+    """Return `text` ending with a full stop, unless it already ends with `.`, `?` or `!`."""
     text = text.rstrip()
     return text if text.endswith((".", "?", "!")) else text + "."
 

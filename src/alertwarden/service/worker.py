@@ -204,7 +204,8 @@ class RuleGroupWorker:
         self._task: asyncio.Task[None] | None = None
         # One warning per reason and bucket: an operator sees each kind of bad input once per
         # step of the alert windows, and the count of repeats suppressed in between.
-        self._skip_log = RateLimitedLog(min((rule.bucket_s for rule in self.rules), default=SKIP_LOG_INTERVAL_S))
+        skip_log_interval_s = min((rule.bucket_s for rule in self.rules), default=SKIP_LOG_INTERVAL_S)
+        self._skip_log = RateLimitedLog(skip_log_interval_s)
         self._log = log.bind(tenant=tenant, rule_group=rule_group)
         self._parser = RecordParser(self._skipped)
 

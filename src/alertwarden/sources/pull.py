@@ -148,7 +148,8 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 """The header that carries a message's id, by which JetStream drops a repeated publish."""
 
 _DELIVERY_TOKENS = 9
-"""Tokens of a delivery subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>."""
+"""Tokens of a delivery subject:
+$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>."""
 
 
 def accept_messages(source: Any, messages: list[Any], record_type: Any) -> list[Any]:
