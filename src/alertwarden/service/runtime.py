@@ -211,12 +211,13 @@ class Service:
             if api.done():
                 api.result()
                 raise ConfigError("the API server stopped unexpectedly")
+            # Cleared before the reconcile, so a change announced while it awaits wakes the next.
+            self._wake.clear()
             await self._reconcile()
             if time.monotonic() >= next_metrics:
                 await self._count_unknown_tenants()
                 self.refresh_metrics()
                 next_metrics = time.monotonic() + METRICS_INTERVAL_S
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.rules_poll_s):
                     await self._wait_for_change()
