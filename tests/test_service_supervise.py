@@ -1,9 +1,10 @@
-"""Tests of when the service's supervising loop reconciles the evaluators, without servers."""
+"""Tests of the service's supervising loop and the evaluators it starts, without servers."""
 
 from __future__ import annotations
 
 import asyncio
 
+from alertwarden.service.catalog import GroupId, GroupSpec
 from alertwarden.service.runtime import Service
 from alertwarden.settings import Settings
 
@@ -50,3 +51,39 @@ async def test_change_during_reconcile_starts_another_at_once() -> None:
 
     assert service.reconciles == 2
 
+
+
+class StopOnAcquire:
+    """Leases that grant each request and request a stop meanwhile, as a SIGTERM can do."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.acquired: list[GroupId] = []
+        self.released: list[GroupId] = []
+
+    async def try_acquire(self, group_id: GroupId) -> int:
+        self.acquired.append(group_id)
+        self.service.request_stop()
+        return 1
+
+    async def release(self, group_id: GroupId) -> None:
+        self.released.append(group_id)
+
+
+async def test_stop_during_lease_starts_no_evaluator() -> None:
+    service = Service(Settings())
+    leases = StopOnAcquire(service)
+    service.leases = leases  # type: ignore[assignment]
+    service._worker_config = object()  # type: ignore[assignment]
+    desired = {
+        (tenant, "default"): GroupSpec(tenant, "default", rules=(), versions=((f"{tenant}-rule", 1),))
+        for tenant in ("acme", "globex")
+    }
+
+    changed = await service._start_desired_workers(desired, take=10)
+
+    assert changed is False
+    assert service.workers == {}
+    # The lease taken as the stop arrived goes back at once, and the next group is not tried.
+    assert leases.acquired == [("acme", "default")]
+    assert leases.released == [("acme", "default")]
