@@ -123,6 +123,30 @@ def test_settings_nested_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "ALERTWARDEN_BIND_PORT" in message
 
 
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"ALERTWARDEN_RULE_DEFAULTS": "{bad"}, "ALERTWARDEN_RULE_DEFAULTS is"),
+        ({"ALERTWARDEN_INGEST": "x"}, "ALERTWARDEN_INGEST is"),
+        (
+            # The same invalid text in two variables of the setting: both are named.
+            {"ALERTWARDEN_RULE_DEFAULTS__LABELS": "x=1", "ALERTWARDEN_RULE_DEFAULTS": "x=1"},
+            "ALERTWARDEN_RULE_DEFAULTS and ALERTWARDEN_RULE_DEFAULTS__LABELS are",
+        ),
+    ],
+)
+def test_settings_invalid_json_names_variable(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    assert str(caught.value).startswith(f"invalid settings: {named} not valid JSON: Expecting")
+
+
 def test_settings_subject_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALERTWARDEN_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("ALERTWARDEN_LOGS_SUBJECT", "logs.>")
@@ -286,9 +310,8 @@ def test_settings_rule_defaults_bucket_divides_window(monkeypatch: pytest.Monkey
         ),
         (
             {"LABELS": "team=platform"},
-            "ALERTWARDEN_RULE_DEFAULTS or one of the ALERTWARDEN_RULE_DEFAULTS__* variables is"
-            " not valid JSON: Expecting value: line 1 column 1 (char 0); write objects and arrays"
-            " as JSON",
+            "ALERTWARDEN_RULE_DEFAULTS__LABELS is not valid JSON: Expecting value: line 1 column 1"
+            " (char 0); write objects and arrays as JSON",
         ),
         (
             {"ANNOTATIONS": '{"summary": "x"}'},

@@ -9,6 +9,7 @@ the value of a secret setting.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -250,11 +251,31 @@ def describe_settings_error(error: SettingsError) -> str:
     if found is None:
         return f"invalid settings: {error}"
     name = env_name((found.group(1),))
-    reason = f": {error.__cause__}" if isinstance(error.__cause__, json.JSONDecodeError) else ""
-    return (
-        f"invalid settings: {name} or one of the {name}{NESTED_DELIMITER}* variables is not valid"
-        f" JSON{reason}; write objects and arrays as JSON"
+    cause = error.__cause__
+    if not isinstance(cause, json.JSONDecodeError):
+        return (
+            f"invalid settings: {name} or one of the {name}{NESTED_DELIMITER}* variables is not"
+            " valid JSON; write objects and arrays as JSON"
+        )
+    # The decoder keeps the text it failed on, so the variable with that value is the invalid
+    # one. Two variables that contain the same text are both named.
+    invalid = sorted(
+        variable.upper()
+        for variable, value in os.environ.items()
+        if value == cause.doc and _belongs_to(variable.upper(), name)
     )
+    where = (
+        " and ".join(invalid)
+        if invalid
+        else f"{name} or one of the {name}{NESTED_DELIMITER}* variables"
+    )
+    verb = "are" if len(invalid) > 1 else "is"
+    return f"invalid settings: {where} {verb} not valid JSON: {cause}; write objects and arrays as JSON"
+
+
+def _belongs_to(variable: str, name: str) -> bool:
+    """Return True when `variable` sets the setting `name` whole or one of its fields."""
+    return variable == name or variable.startswith(name + NESTED_DELIMITER)
 
 
 def _top_field(field: str) -> str:
