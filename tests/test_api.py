@@ -448,6 +448,18 @@ async def test_rule_invalid_keeps_previous(
     assert stored.json()["definition"] == {**RULE, "id": "r1"}
 
 
+async def test_rule_invalid_lists_every_problem(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    body = {**RULE, "threshold": 0, "window": "10m", "bucket": "7m"}
+
+    response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=body)
+
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert [(item["field"], item["input"]) for item in detail] == [("threshold", 0), ("bucket", "7m")]
+    assert detail[1]["msg"].startswith("7m does not divide the window 10m")
+
+
 async def test_rule_if_match(client: httpx.AsyncClient) -> None:
     tenant = await create_tenant(client)
     path = f"/v1/tenants/{tenant}/rules/r1"

@@ -162,6 +162,36 @@ def test_validation_message(text: str, expected: str) -> None:
     assert f"rules.yaml: {error.problems[0]}" in str(error).splitlines()
 
 
+def test_field_and_cross_field_problems_together() -> None:
+    error = rejected(
+        "- id: r1\n  threshold: 0\n  window: 10m\n  bucket: 7m\n  annotations: {s: 'from {src_ip}'}\n"
+    )
+
+    assert len(error.problems) == 3, error.problems
+    assert error.problems[0].startswith("rule 'r1' field 'threshold': threshold 0 is out of range")
+    assert error.problems[1].startswith("rule 'r1' field 'bucket': 7m does not divide the window 10m")
+    assert error.problems[2].startswith("rule 'r1' field 'annotations.s': unknown placeholder {src_ip}")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Checked against the default window, the bucket would be reported wrongly.
+        ("- id: r1\n  window: 31d\n  bucket: 7m\n", "rule 'r1' field 'window': window 31d is out of range"),
+        # Checked against the default group_by, {host} would be called unknown.
+        (
+            "- id: r1\n  group_by: [host, host]\n  annotations: {s: '{host}'}\n",
+            "rule 'r1' field 'group_by[1]': duplicate path 'host'",
+        ),
+    ],
+)
+def test_cross_field_check_skipped_on_invalid_input(text: str, expected: str) -> None:
+    error = rejected(text)
+
+    assert len(error.problems) == 1, error.problems
+    assert error.problems[0].startswith(expected)
+
+
 def test_duplicate_id() -> None:
     error = rejected("- id: a\n- id: b\n- id: a\n")
     assert error.problems == (

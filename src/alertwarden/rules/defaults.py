@@ -20,11 +20,16 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails
 
 from alertwarden.events import Signal
 from alertwarden.rules.durations import format_duration
-from alertwarden.rules.model import DurationSeconds, MissingKeyPolicy, RuleDefinition, RuleFieldErrors
+from alertwarden.rules.model import (
+    DurationSeconds,
+    MissingKeyPolicy,
+    RuleDefinition,
+    RuleFieldErrors,
+    init_error_details,
+)
 
 _CHECK_ID = "rule-defaults"
 """Id of the rule that the defaults are validated as, because a rule needs one."""
@@ -89,7 +94,7 @@ class RuleDefaults(BaseModel):
             except ValidationError as parsed_error:
                 details = [*error.errors(include_url=False), *parsed_error.errors(include_url=False)]
                 raise ValidationError.from_exception_data(
-                    cls.__name__, [_init_details(detail) for detail in details]
+                    cls.__name__, [init_error_details(detail) for detail in details]
                 ) from None
             raise
 
@@ -149,14 +154,6 @@ def _split_list(value: Any) -> Any:
         except json.JSONDecodeError as error:
             raise ValueError(f"invalid JSON array: {error}") from None
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _init_details(detail: Any) -> InitErrorDetails:
-    """Return an error of ValidationError.errors() in the form from_exception_data takes."""
-    init: InitErrorDetails = {"type": detail["type"], "loc": detail["loc"], "input": detail["input"]}
-    if "ctx" in detail:
-        init["ctx"] = detail["ctx"]
-    return init
 
 
 def _field_problems(error: ValidationError) -> list[tuple[str, str]]:

@@ -11,7 +11,18 @@ import enum
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from alertwarden.events import FieldPath, Signal
 from alertwarden.rules.durations import MAX_BUCKETS, default_bucket_s, format_duration, parse_duration
@@ -158,6 +169,33 @@ class RuleDefinition(BaseModel):
             raise RuleFieldErrors(problems)
         return self
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _report_cross_field_problems(
+        cls, data: Any, handler: ModelWrapValidatorHandler[RuleDefinition]
+    ) -> RuleDefinition:
+        """Add the cross-field problems of the valid fields to the errors of the invalid ones.
+
+        pydantic runs the cross-field checks only when every field is valid, so without this an
+        author who fixes a threshold would then learn that the bucket is wrong too. Defined after
+        `_check_rule`, so that the handler runs that check.
+        """
+        try:
+            return handler(data)
+        except ValidationError as error:
+            problems = _cross_field_problems(data, error, handler)
+            if not problems:
+                raise
+            details = [init_error_details(item) for item in error.errors()]
+            cross_field: InitErrorDetails = {
+                "type": "value_error",
+                "loc": (),
+                "input": data,
+                "ctx": {"error": RuleFieldErrors(problems)},
+            }
+            details.append(cross_field)
+            raise ValidationError.from_exception_data(error.title, details) from None
+
     def _fill_bucket(self) -> list[tuple[str, str]]:
         window_s = self.window_s
         if self.bucket_s is None:
@@ -211,6 +249,53 @@ class RuleDefinition(BaseModel):
     def templates(self) -> dict[str, Template]:
         """The annotation templates parsed during validation, by annotation name."""
         return self._templates
+
+
+# The input fields that each cross-field check reads, by the first name of the field it reports.
+_CHECK_INPUTS = {
+    "bucket": {"window", "bucket"},
+    "annotations": {"annotations", "group_by", "match"},
+}
+
+
+def _cross_field_problems(
+    data: Any, error: ValidationError, handler: ModelWrapValidatorHandler[RuleDefinition]
+) -> list[tuple[str, str]]:
+    """Return the cross-field problems of `data` that involve none of the fields in `error`.
+
+    The invalid fields are left out, so their defaults stand in, and each problem that reads one
+    of them is dropped: a bucket checked against the default window would mislead.
+    """
+    if not isinstance(data, dict):
+        return []
+    invalid = {str(item["loc"][0]) for item in error.errors() if item["loc"]}
+    if not invalid:
+        return []
+    valid = {key: value for key, value in data.items() if key not in invalid}
+    # A stand-in, so that an invalid or missing id does not stop the checks of the other fields.
+    valid.setdefault("id", "rule")
+    try:
+        handler(valid)
+    except ValidationError as second:
+        problems: list[tuple[str, str]] = []
+        for item in second.errors():
+            cause = item.get("ctx", {}).get("error")
+            if not isinstance(cause, RuleFieldErrors):
+                continue
+            for field, message in cause.problems:
+                top = field.split(".", 1)[0].split("[", 1)[0]
+                if not _CHECK_INPUTS.get(top, {top}) & invalid:
+                    problems.append((field, message))
+        return problems
+    return []
+
+
+def init_error_details(detail: Any) -> InitErrorDetails:
+    """Return an error of ValidationError.errors() in the form from_exception_data takes."""
+    init: InitErrorDetails = {"type": detail["type"], "loc": detail["loc"], "input": detail["input"]}
+    if "ctx" in detail:
+        init["ctx"] = detail["ctx"]
+    return init
 
 
 def _compile_match(tree: dict[str, Any] | None) -> CompiledFilter:
