@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,9 +80,9 @@ class FlakyStore:
         await self.inner.flush(tenant, rule_group, batch)
         self.written_batches.append(batch)
 
-    async def undelivered(self, tenant: str, rule_group: str):  # noqa: ANN201
+    async def undelivered(self, tenant: str, rule_group: str, **page: Any):  # noqa: ANN201
         self._check("undelivered")
-        return await self.inner.undelivered(tenant, rule_group)
+        return await self.inner.undelivered(tenant, rule_group, **page)
 
     async def mark_delivered(self, tenant: str, ids: Sequence[int]) -> None:
         self._check("mark_delivered")
@@ -387,6 +388,32 @@ async def test_remote_sink_retries_in_background(
     await store.close()
 
 
+async def test_remote_sink_reads_back_outbox_past_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote_module, "RETRY_INITIAL_S", 0.01)
+    monkeypatch.setattr(remote_module, "MAX_PENDING", 2)
+    store = SQLiteStore(tmp_path / "outbox.sqlite")
+    await store.open()
+    local = CollectingSink()
+    # Failing at first, so the queue fills and later transitions wait in the outbox.
+    remote = FailingRemoteSink(failures=3)
+    pipeline = make_remote_pipeline(store, local, remote, timeout_s=5.0)
+    await pipeline.start(no_resume)
+
+    stream = events()
+    for offset, event in enumerate(stream):
+        await pipeline.process(event, offset)
+    await pipeline.finish(len(stream))
+
+    sent_locally = [n.transition_id for n in local.sent]
+    assert len(sent_locally) >= 8
+    # Every transition reached the remote sink once and in order, in this run.
+    assert [n.transition_id for n in remote.received] == sent_locally
+    assert await store.undelivered("default", "default") == []
+    await store.close()
+
+
 async def test_dead_remote_sink_does_not_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -475,8 +502,8 @@ class CallLog:
         self.calls.append(("flush", batch.checkpoint.position))
         await self.inner.flush(tenant, rule_group, batch)
 
-    async def undelivered(self, tenant: str, rule_group: str):  # noqa: ANN201
-        return await self.inner.undelivered(tenant, rule_group)
+    async def undelivered(self, tenant: str, rule_group: str, **page: Any):  # noqa: ANN201
+        return await self.inner.undelivered(tenant, rule_group, **page)
 
     async def mark_delivered(self, tenant: str, ids: Sequence[int]) -> None:
         self.calls.append(("mark", list(ids)))

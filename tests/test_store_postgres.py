@@ -259,6 +259,22 @@ async def test_outbox_mark_delivered(store: PostgresStore) -> None:
     assert [r.delivered for r in await store.history(tenant)] == [True, False, True]
 
 
+async def test_outbox_pages_after_id(store: PostgresStore) -> None:
+    tenant = unique()
+    ids = await store.record_transitions(
+        tenant, "g", [transition(value=str(i), at=1.7e9 + i) for i in range(5)]
+    )
+    await store.mark_delivered(tenant, [ids[2]])
+
+    first = await store.undelivered(tenant, "g", limit=2)
+    second = await store.undelivered(tenant, "g", after_id=first[-1].id, limit=2)
+    last = await store.undelivered(tenant, "g", after_id=second[-1].id, limit=2)
+
+    assert [r.id for r in first] == ids[:2]
+    assert [r.id for r in second] == ids[3:]
+    assert last == []
+
+
 async def test_history_filters(store: PostgresStore) -> None:
     tenant = unique()
     await store.record_transitions(

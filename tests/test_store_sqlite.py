@@ -462,6 +462,21 @@ async def test_undelivered_and_mark_delivered(store: SQLiteStore) -> None:
     assert delivered[ids[1]] is False
 
 
+async def test_undelivered_pages_after_id(store: SQLiteStore) -> None:
+    ids = await store.record_transitions(
+        TENANT, RULE_GROUP, [transition(snapshot(key=(str(i),)), at=1000.0 + i) for i in range(5)]
+    )
+    await store.mark_delivered(TENANT, [ids[2]])
+
+    first = await store.undelivered(TENANT, RULE_GROUP, limit=2)
+    second = await store.undelivered(TENANT, RULE_GROUP, after_id=first[-1].id, limit=2)
+    last = await store.undelivered(TENANT, RULE_GROUP, after_id=second[-1].id, limit=2)
+
+    assert [r.id for r in first] == ids[:2]
+    assert [r.id for r in second] == ids[3:]
+    assert last == []
+
+
 async def test_prune_keeps_undelivered_and_recent(store: SQLiteStore) -> None:
     old_delivered = transition(snapshot(key=("a",)), at=100.0)
     old_pending = transition(snapshot(key=("b",)), at=100.0)

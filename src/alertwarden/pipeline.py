@@ -40,6 +40,8 @@ DEFAULT_HISTORY_RETENTION_S = 7 * 86400
 STORE_RETRY_INITIAL_S = 1.0
 STORE_RETRY_MAX_S = 60.0
 STORE_ERROR_LOG_INTERVAL_S = 60.0
+REDELIVER_PAGE = 1_000
+"""Outbox rows read and sent at a time when a run starts."""
 
 ResumeResolver = Callable[[str, int], tuple[int, str | None]]
 """(stored source identity, stored offset) -> (offset to resume at, warning or None)."""
@@ -104,9 +106,16 @@ class RuleGroupPipeline:
         # Remote sinks (webhooks) deliver from background tasks; a history row is marked
         # delivered when the local sink and every remote sink have it.
         self._remote = [
-            RemoteDelivery(remote, self._remote_delivered, name=getattr(remote, "name", "remote"))
+            RemoteDelivery(
+                remote,
+                self._remote_delivered,
+                name=getattr(remote, "name", "remote"),
+                refill=self._outbox_page,
+            )
             for remote in remote_sinks
         ]
+        # NOTE: while one remote sink is down and another delivers, the entries of every
+        # transition since stay here until the down sink catches up, about 100 bytes each.
         self._remote_waiting: dict[int, int] = {}
         self.delivery_timeout_s = delivery_timeout_s
         # With defer_transitions, process() collects transitions here and emit_deferred(), or
@@ -517,19 +526,41 @@ class RuleGroupPipeline:
         await self._mark_delivered([history_id])
 
     async def _redeliver(self) -> None:
-        try:
-            records = await self.store.undelivered(self.tenant, self.rule_group)
-        except StoreError as exc:
-            self._store_failed("undelivered", exc)
-            return
-        if not records:
-            self.stats.delivery_failures = 0
-            return
-        self._log.info("redelivering", count=len(records))
+        # In pages, so that a long outbox is never in memory at once.
+        after_id = 0
         failures_before = self.stats.delivery_failures
-        await self._deliver([(r.id, self._notification_from_record(r)) for r in records])
+        while True:
+            try:
+                records = await self.store.undelivered(
+                    self.tenant, self.rule_group, after_id=after_id, limit=REDELIVER_PAGE
+                )
+            except StoreError as exc:
+                self._store_failed("undelivered", exc)
+                return
+            if not records:
+                break
+            self._log.info("redelivering", count=len(records), after_id=after_id)
+            await self._deliver([(r.id, self._notification_from_record(r)) for r in records])
+            after_id = records[-1].id
+            stopped = self.output_closed or self.stats.delivery_failures != failures_before
+            if stopped or len(records) < REDELIVER_PAGE:
+                # After a failed send the rest stays in the outbox, as the sends stop at it.
+                break
         if self.stats.delivery_failures == failures_before:
             self.stats.delivery_failures = 0
+
+    async def _outbox_page(self, after_id: int, limit: int) -> list[tuple[int, Notification]]:
+        """Return stored, undelivered notifications for a remote sink that fell behind."""
+        try:
+            records = await self.store.undelivered(self.tenant, self.rule_group, after_id=after_id, limit=limit)
+        except StoreError as exc:
+            self._store_failed("undelivered", exc)
+            raise
+        for record in records:
+            # A row from before this run, or one whose mark failed, is marked delivered once
+            # every remote sink has sent it.
+            self._remote_waiting.setdefault(record.id, len(self._remote))
+        return [(record.id, self._notification_from_record(record)) for record in records]
 
     def _notification(self, transition: Transition) -> Notification:
         return self._build_notification(

@@ -127,8 +127,10 @@ class FencedStore:
     async def flush(self, tenant: str, rule_group: str, batch: FlushBatch) -> None:
         await self._store.flush(tenant, rule_group, batch, fence=self._fence)  # type: ignore[call-arg]
 
-    async def undelivered(self, tenant: str, rule_group: str) -> list[HistoryRecord]:
-        return await self._store.undelivered(tenant, rule_group)
+    async def undelivered(
+        self, tenant: str, rule_group: str, *, after_id: int = 0, limit: int | None = None
+    ) -> list[HistoryRecord]:
+        return await self._store.undelivered(tenant, rule_group, after_id=after_id, limit=limit)
 
     async def mark_delivered(self, tenant: str, ids: Sequence[int]) -> None:
         await self._store.mark_delivered(tenant, ids)

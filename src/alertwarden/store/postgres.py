@@ -530,14 +530,21 @@ class PostgresStore:
 
     # ------------------------------------------------------------ outbox and history
 
-    async def undelivered(self, tenant: str, rule_group: str) -> list[HistoryRecord]:
-        """Return the history rows of the rule group not yet marked delivered, oldest id first."""
+    async def undelivered(
+        self, tenant: str, rule_group: str, *, after_id: int = 0, limit: int | None = None
+    ) -> list[HistoryRecord]:
+        """Return the rule group's history rows not yet marked delivered, oldest id first.
+
+        Only rows with an id above `after_id` are returned, at most `limit` of them.
+        """
         check_scope(tenant, rule_group)
+        check_int64("history id", after_id)
         async with self._transaction("undelivered") as conn:
             cursor = await conn.execute(
                 f"SELECT {_HISTORY_COLUMNS} FROM evaluation_history"
-                " WHERE tenant_id = %s AND rule_group = %s AND NOT delivered ORDER BY id",
-                (tenant, rule_group),
+                " WHERE tenant_id = %s AND rule_group = %s AND NOT delivered AND id > %s"
+                " ORDER BY id LIMIT %s",
+                (tenant, rule_group, after_id, limit),
             )
             rows = await cursor.fetchall()
         with _translate_decode_errors(tenant, rule_group):

@@ -248,14 +248,21 @@ class SQLiteStore:
             conn.executemany(_DELETE_GROUP, forgotten_rows)
             conn.execute(_UPSERT_CHECKPOINT, checkpoint_row)
 
-    async def undelivered(self, tenant: str, rule_group: str) -> list[HistoryRecord]:
-        """Return the history rows of the rule group not yet marked delivered, oldest id first."""
+    async def undelivered(
+        self, tenant: str, rule_group: str, *, after_id: int = 0, limit: int | None = None
+    ) -> list[HistoryRecord]:
+        """Return the rule group's history rows not yet marked delivered, oldest id first.
+
+        Only rows with an id above `after_id` are returned, at most `limit` of them.
+        """
         check_scope(tenant, rule_group)
+        check_int64("history id", after_id)
         with self._translate_errors("undelivered"):
             rows = self._connection().execute(
                 f"SELECT {_HISTORY_COLUMNS} FROM history"
-                " WHERE tenant = ? AND rule_group = ? AND delivered = 0 ORDER BY id",
-                (tenant, rule_group),
+                " WHERE tenant = ? AND rule_group = ? AND delivered = 0 AND id > ? ORDER BY id LIMIT ?",
+                # SQLite reads a negative LIMIT as no limit.
+                (tenant, rule_group, after_id, -1 if limit is None else limit),
             ).fetchall()
         with _translate_decode_errors(tenant, rule_group):
             return [_history_from_row(row) for row in rows]
