@@ -147,6 +147,22 @@ def test_settings_invalid_json_names_variable(
     assert str(caught.value).startswith(f"invalid settings: {named} not valid JSON: Expecting")
 
 
+def test_settings_webhook_url_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALERTWARDEN_WEBHOOK_URLS", "http://127.0.0.1:9/hook,ftp://user:hook-secret@host/x")
+    monkeypatch.setenv("ALERTWARDEN_BIND_PORT", "70000")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert "ALERTWARDEN_BIND_PORT" in message
+    assert (
+        "ALERTWARDEN_WEBHOOK_URLS: URL #2: invalid webhook URL scheme 'ftp': use an http:// or"
+        " https:// URL"
+    ) in message
+    assert "hook-secret" not in message
+
+
 def test_settings_subject_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALERTWARDEN_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("ALERTWARDEN_LOGS_SUBJECT", "logs.>")

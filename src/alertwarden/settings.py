@@ -31,6 +31,7 @@ from alertwarden.errors import ConfigError, InvalidValueError
 from alertwarden.pipeline import DEFAULT_HISTORY_RETENTION_S
 from alertwarden.rules.defaults import RuleDefaults
 from alertwarden.rules.model import RuleFieldErrors
+from alertwarden.sinks.webhook import parse_webhook_url
 from alertwarden.sources.jetstream import JetStreamSettings, validate_tenant
 from alertwarden.store.checks import check_json_document
 
@@ -157,6 +158,19 @@ class Settings(BaseSettings):
         if text.startswith("["):
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _check_webhook_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        problems = []
+        for number, url in enumerate(urls, start=1):
+            try:
+                parse_webhook_url(url)
+            except ConfigError as error:
+                problems.append(f"URL #{number}: {error}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return urls
 
     @field_validator("stream", "logs_subject", "events_subject")
     @classmethod

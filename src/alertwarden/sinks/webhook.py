@@ -70,7 +70,7 @@ class WebhookSink:
         sleep: Sleep = asyncio.sleep,
         random_fraction: Callable[[], float] = random.random,
     ) -> None:
-        self._url = _parse_webhook_url(url)
+        self._url = parse_webhook_url(url)
         self.display_url = redact_url(self._url)
         _validate_retry_settings(timeout_s, max_attempts, backoff_initial_s, backoff_max_s)
         self._timeout_s = timeout_s
@@ -245,7 +245,8 @@ def _url_secrets(url: httpx.URL) -> list[str]:
     return sorted({secret for secret in candidates if secret}, key=len, reverse=True)
 
 
-def _parse_webhook_url(url: str) -> httpx.URL:
+def parse_webhook_url(url: str) -> httpx.URL:
+    """Return the parsed URL, or raise ConfigError that says what is wrong without the URL."""
     # Messages here never repeat the raw value because it may contain credentials.
     try:
         parsed = httpx.URL(url)
