@@ -797,3 +797,16 @@ async def test_eight_days_timescale(timescale_store_url: str) -> None:
     assert history_rows > 0
     assert oldest >= end_s - 7 * 86400 - 86400
     assert compressed > 0
+
+
+async def test_ping_times_out_without_connection(pg_store_url: str) -> None:
+    pg_store = PostgresStore(pg_store_url, pool_max=1, maintain_interval_s=0)
+    await pg_store.open()
+    try:
+        # The only connection is busy, as every one is while the server does not answer.
+        async with pg_store._connection("hold"):
+            with pytest.raises(StoreError, match=r"PostgreSQL did not answer within 0\.2 s"):
+                await pg_store.ping(timeout_s=0.2)
+        await pg_store.ping()
+    finally:
+        await pg_store.close()

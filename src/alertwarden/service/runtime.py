@@ -563,7 +563,11 @@ class Service:
             await create_database_if_missing(url)
             retention_s = int(self.settings.history_retention_s)
             await run_migrations(url, retention_s=retention_s)
-            store = PostgresStore(url, pool_max=self.settings.database_pool_max)
+            store = PostgresStore(
+                url,
+                pool_max=self.settings.database_pool_max,
+                pool_timeout_s=self.settings.database_pool_timeout_s,
+            )
             await store.open()
             if store.settings.retention_s != retention_s:
                 log.warning(

@@ -11,6 +11,7 @@ the migration chose from alertwarden_settings.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import struct
@@ -58,6 +59,8 @@ from alertwarden.store.checks import (
 
 log = get_logger(__name__)
 
+PING_TIMEOUT_S = 5.0
+"""Longest wait of the readiness check's query, connection included."""
 HISTORY_LIMIT_MAX = 10_000
 """Upper bound on the rows one history() call returns, whatever `limit` the caller passes."""
 
@@ -833,10 +836,18 @@ class PostgresStore:
 
     # ------------------------------------------------------------ REST API
 
-    async def ping(self) -> None:
-        """Run one trivial query; raises StoreError when the server cannot be reached."""
-        async with self._transaction("ping") as conn:
-            await conn.execute("SELECT 1")
+    async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> None:
+        """Run one trivial query; raises StoreError when the server cannot be reached.
+
+        Bounded by its own timeout, shorter than the pool's, so that a readiness probe answers
+        while the server is down.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with self._transaction("ping") as conn:
+                    await conn.execute("SELECT 1")
+        except TimeoutError:
+            raise StoreError(f"PostgreSQL did not answer within {timeout_s:g} s") from None
 
     async def create_tenant(self, tenant: str) -> bool:
         """Insert the tenant with its flag off unless it exists; return True when it was inserted."""
