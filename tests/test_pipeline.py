@@ -298,6 +298,34 @@ async def test_window_change_resolves_firing(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_window_change_keeps_regrown_group(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "regrown.sqlite")
+    await store.open()
+    rules = load_rules_text(RULES)
+    pipeline = make_pipeline(rules, store, CollectingSink())
+    await pipeline.start(no_resume)
+    stream = [e for e in events() if e.fields["host"] == "web-1"][:3]
+    for offset, event in enumerate(stream):
+        await pipeline.process(event, offset)
+    await pipeline.finish(len(stream))
+
+    changed = load_rules_text(RULES.replace("window: 5m", "window: 10m"))
+    restarted = make_pipeline(changed, store, CollectingSink())
+    await restarted.start(no_resume)
+    # The same group counts again under the new window before the first flush.
+    later = stream[-1].time_s + 1
+    await restarted.process(Event(later, {"severity": "error", "host": "web-1"}, Signal.LOGS), len(stream))
+    await restarted.finish(len(stream) + 1)
+
+    # The flush that deletes the old row must not delete the new one written with it.
+    stored = await store.load("default", "default")
+    [group] = stored.groups["errors"]
+    assert group.key == ("web-1",)
+    assert group.window_s == 600
+    assert sum(group.counts) == 1
+    await store.close()
+
+
 async def test_failed_flush_keeps_changes(tmp_path: Path) -> None:
     rules = load_rules_text(RULES)
     inner = SQLiteStore(tmp_path / "requeue.sqlite")

@@ -631,7 +631,12 @@ class Evaluator:
                 changed.append(self._snapshot(state, slot, position))
             forgotten.extend((state.rule.id, key) for key in state.forgotten)
             state.forgotten.clear()
-        forgotten.extend(self._orphans)
+        for rule_id, key in self._orphans:
+            # A group that counts again under the rule's new window is live. Its snapshot,
+            # upserted in the same flush, replaces the old row, so a delete would remove it.
+            live = self._by_id.get(rule_id)
+            if live is None or key not in live.table.slots:
+                forgotten.append((rule_id, key))
         self._orphans = []
         return changed, forgotten
 
