@@ -33,6 +33,10 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_WINDOW_S = 30 * 86400
 MAX_THRESHOLD = 10**9
 MAX_TEXT_CHARS = 4_096
+# The engine keeps about 250 + 4.2 * N bytes per group, N being the rule's number of buckets (as
+# measured in engine/table.py), so 10 million groups of a 60-bucket rule take about 5 GB of
+# memory. A larger cap would not protect a node, which would run out of memory before reaching it.
+MAX_GROUPS = 10_000_000
 
 
 class MissingKeyPolicy(enum.StrEnum):
@@ -107,8 +111,8 @@ class RuleDefinition(BaseModel):
     @field_validator("max_groups")
     @classmethod
     def _check_max_groups(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"max_groups {value} is out of range: use a positive whole number")
+        if not 1 <= value <= MAX_GROUPS:
+            raise ValueError(f"max_groups {value} is out of range: use a whole number from 1 to {MAX_GROUPS}")
         return value
 
     @field_validator("window_s")
