@@ -6,9 +6,11 @@ Each test uses its own stream and subject prefix and deletes the stream at the e
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 import nats
@@ -20,6 +22,7 @@ from nats.aio.client import Client
 from alertwarden.api import create_app
 from alertwarden.events import Signal
 from alertwarden.metrics import Metrics
+from alertwarden.sources.jsonl import JsonParser
 from alertwarden.sources.jetstream import JetStreamInput, JetStreamSettings, StreamMessage, published_size
 from alertwarden.store.postgres import PostgresStore
 
@@ -145,6 +148,26 @@ async def test_ingest_single_object(env: Env) -> None:
     assert messages[0].msg_id == "7"
 
 
+async def test_ingest_time_without_offset_is_utc(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A local zone far from UTC, so reading the time as local time would shift it by 9 hours.
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        tenant = await create_tenant(env.client)
+        response = await env.client.post(
+            f"/v1/tenants/{tenant}/events", headers=ADMIN, json={"time": "2026-12-05T09:00:00", "n": 1}
+        )
+        messages = await stored_messages(env, tenant, 1)
+        # The parser that the evaluators (service/batch.py) read the logs subject with.
+        event = JsonParser().parse(messages[0].data)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+    assert response.status_code == 202, response.text
+    assert event.time_s == datetime(2026, 12, 5, 9, 0, tzinfo=UTC).timestamp()
+
+
 async def test_ingest_duplicate_id(env: Env) -> None:
     tenant = await create_tenant(env.client)
     path = f"/v1/tenants/{tenant}/events"
@@ -212,6 +235,12 @@ async def test_ingest_limits(env: Env) -> None:
     any_signal = await env.client.post(path, headers=ADMIN, params={"signal": "any"}, json={"n": 1})
     assert any_signal.status_code == 422
     assert "use logs or events" in any_signal.text
+
+    bogus_signal = await env.client.post(path, headers=ADMIN, params={"signal": "bogus"}, json={"n": 1})
+    assert bogus_signal.status_code == 422
+    assert bogus_signal.json()["detail"][0]["msg"] == (
+        "invalid signal 'bogus': use logs or events, or leave it out"
+    )
 
     valid = await env.client.post(path, headers=ADMIN, json={"time": AT, "n": "valid"})
     assert valid.status_code == 202, valid.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -10,7 +11,8 @@ import nats.errors
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 from nats.js import JetStreamContext
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from alertwarden.api.deps import TenantScope
 from alertwarden.api.models import unprocessable
@@ -58,6 +60,26 @@ EVENTS_REQUEST_BODY: dict[str, Any] = {
         }
     },
 }
+
+
+# The query parameter has its own enum, because alertwarden.events.Signal also has `any`, which
+# only rules take. Also, mypyc compiles events.py and drops its class docstrings, so the OpenAPI
+# document described Signal as "mypyc filler docstring".
+class IngestSignal(enum.StrEnum):
+    """Signal that every event of the request is published as: logs, or events (OCSF)."""
+
+    LOGS = "logs"
+    EVENTS = "events"
+
+
+def check_signal(value: object) -> object:
+    """Reject a `signal` query value other than logs or events, `any` included, with one message."""
+    if isinstance(value, str) and value not in IngestSignal.__members__.values():
+        # Formatted here, because the template's own {name} fields cannot write a repr.
+        raise PydanticCustomError(
+            "invalid_signal", f"invalid signal {value!r}: use logs or events, or leave it out"
+        )
+    return value
 
 
 @dataclass(slots=True)
@@ -211,8 +233,8 @@ def ingest_context(request: Request) -> IngestContext:
             " ALERTWARDEN_MAX_MESSAGE_BYTES."
         ),
         422: invalid(
-            "Invalid tenant id, invalid JSON, an invalid event (named by index) or an invalid"
-            " signal."
+            "Invalid tenant id, invalid JSON, an invalid event (named by index) or a signal other"
+            " than logs or events."
         ),
         503: error(
             "No JetStream connection, JetStream did not store the events, or the state store"
@@ -224,13 +246,12 @@ async def ingest_events(
     tenant: TenantScope,
     request: Request,
     signal: Annotated[
-        Signal | None,
+        IngestSignal | None,
+        BeforeValidator(check_signal),
         Query(description="Signal of every event; without it, events with class_uid are events, others logs."),
     ] = None,
 ) -> IngestResult:
     ingest = ingest_context(request)
-    if signal is Signal.ANY:
-        raise unprocessable(["query", "signal"], "invalid signal 'any': use logs or events, or leave it out", "any")
     events = parse_events(await request.body(), ingest.max_events)
     if ingest.js is None:
         raise HTTPException(503, "event ingest is disabled: this server has no JetStream connection")
@@ -238,7 +259,7 @@ async def ingest_events(
     batches: dict[Signal, list[tuple[str | None, bytes]]] = {Signal.LOGS: [], Signal.EVENTS: []}
     for index, event in enumerate(events):
         payload = encode_event(index, event)
-        event_kind = signal or event_signal(event)
+        event_kind = event_signal(event) if signal is None else Signal(signal.value)
         check_event(index, event_kind, payload)
         identifier = event_id(event)
         check_size(index, published_size(ingest.settings, identifier, payload), ingest.max_message_bytes)
