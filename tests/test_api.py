@@ -484,6 +484,48 @@ async def test_rule_if_match(client: httpx.AsyncClient) -> None:
     assert stored.json()["definition"]["threshold"] == 4
 
 
+@pytest.mark.parametrize(
+    ("if_match", "message"),
+    [
+        ("", "If-Match is empty, so it names no version of rule 'r1'"),
+        ("  ", "If-Match is empty, so it names no version of rule 'r1'"),
+        ("x", "If-Match 'x' names no version of rule 'r1'"),
+        ("*", "If-Match '*' names no version of rule 'r1'"),
+    ],
+)
+async def test_rule_if_match_not_a_version(
+    client: httpx.AsyncClient, if_match: str, message: str
+) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+    await client.put(path, headers=ADMIN, json=RULE)
+    advice = ': send the ETag that GET returned for the rule, such as "3", or leave If-Match out'
+
+    put = await client.put(path, headers={**ADMIN, "If-Match": if_match}, json={**RULE, "threshold": 4})
+    delete = await client.delete(path, headers={**ADMIN, "If-Match": if_match})
+    stored = await client.get(path, headers=ADMIN)
+
+    assert put.status_code == 412
+    assert put.json() == {"detail": message + advice}
+    assert delete.status_code == 412
+    assert delete.json() == {"detail": message + advice}
+    assert stored.json()["version"] == 1
+
+
+async def test_rule_if_match_empty_on_missing_rule(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.put(
+        f"/v1/tenants/{tenant}/rules/new", headers={**ADMIN, "If-Match": ""}, json=RULE
+    )
+
+    assert response.status_code == 412
+    assert response.json() == {
+        "detail": "rule 'new' does not exist, so If-Match '' cannot match: send the PUT without"
+        " If-Match to create it"
+    }
+
+
 async def test_rule_concurrent_puts(client: httpx.AsyncClient) -> None:
     tenant = await create_tenant(client)
     path = f"/v1/tenants/{tenant}/rules/r1"
@@ -669,6 +711,23 @@ async def test_body_too_large_chunked(client: httpx.AsyncClient) -> None:
     assert response.status_code == 413
 
 
+async def test_body_too_large_without_body_route(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    tenant = new_tenant()
+    body = b"x" * 5000
+
+    put = await client.put(f"/v1/tenants/{tenant}", headers=ADMIN, content=body)
+    health = await client.request("GET", "/healthz", content=body)
+    stored = await client.get(f"/v1/tenants/{tenant}", headers=ADMIN)
+
+    assert put.status_code == 413
+    assert put.json() == {"detail": "request body is larger than 4096 bytes: send a smaller body"}
+    schema = response_schema(document, "put", "/v1/tenants/{tenant}", "413")
+    assert schema_problems(put.json(), schema, document) == []
+    assert health.status_code == 413
+    assert stored.status_code == 404
+
+
 @pytest.mark.parametrize(
     ("body", "loc", "field", "value"),
     [
@@ -702,6 +761,75 @@ async def test_rule_unstorable_value_422(
     assert detail[0]["field"] == field
     assert detail[0]["input"] == value
     assert field in detail[0]["msg"]
+    assert stored.json()["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "field", "value"),
+    [
+        ({"group_by": [1]}, ["body", "group_by", 0], "group_by[0]", 1),
+        ({"group_by": ["a", "a"]}, ["body", "group_by", 1], "group_by[1]", "a"),
+        ({"labels": {"team": 1}}, ["body", "labels", "team"], "labels.team", 1),
+        ({"labels": {"team": "x" * 4097}}, ["body", "labels", "team"], "labels.team", "x" * 4097),
+        ({"labels": {"ok": "a", "": "b"}}, ["body", "labels", ""], "key in labels", ""),
+        ({"annotations": {"a.b": "{nope}"}}, ["body", "annotations", "a.b"], "annotations.a.b", "{nope}"),
+        (
+            {"match": {"any": [{"field": "a", "eq": 1}]}},
+            ["body", "match", "any", 0, "eq"], "match.any[0].eq", 1,
+        ),
+    ],
+)
+async def test_rule_422_field_and_loc_agree(
+    store: PostgresStore, body: dict[str, object], loc: list[object], field: str, value: object
+) -> None:
+    # The default body limit of 1 MiB, because the long label is larger than the fixture's.
+    app = create_app(store, admin_token=ADMIN_TOKEN)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        tenant = await create_tenant(client)
+        response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=body)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert len(detail) == 1, detail
+    assert detail[0]["loc"] == loc
+    assert detail[0]["field"] == field
+    assert detail[0]["input"] == value
+
+
+async def test_rule_422_keeps_every_mapping_error(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    body = {"threshold": 0, "labels": {"": "x"}, "annotations": {"s": "{nope}"}}
+
+    response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=body)
+
+    assert response.status_code == 422, response.text
+    fields = [item["field"] for item in response.json()["detail"]]
+    assert fields == ["threshold", "key in labels", "annotations.s"]
+
+
+async def test_rule_max_groups_range(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+
+    at_max = await client.put(path, headers=ADMIN, json={**RULE, "max_groups": 10_000_000})
+    above = await client.put(path, headers=ADMIN, json={**RULE, "max_groups": 10_000_001})
+    huge = await client.put(path, headers=ADMIN, json={**RULE, "max_groups": 2**64 - 1})
+    stored = await client.get(path, headers=ADMIN)
+
+    assert at_max.status_code == 200, at_max.text
+    assert at_max.json()["definition"]["max_groups"] == 10_000_000
+    assert above.status_code == 422
+    assert above.json()["detail"] == [
+        {
+            "loc": ["body", "max_groups"],
+            "field": "max_groups",
+            "msg": "max_groups 10000001 is out of range: use a whole number from 1 to 10000000",
+            "input": 10_000_001,
+        }
+    ]
+    assert huge.status_code == 422
+    assert huge.json()["detail"][0]["input"] == 2**64 - 1
     assert stored.json()["version"] == 1
 
 
@@ -1088,25 +1216,27 @@ async def test_openapi_events_request_body(client: httpx.AsyncClient) -> None:
 
 # Status codes that each operation's handler and dependencies can return, besides FastAPI's own
 # 405 and the like. 401 comes from the bearer check, 404 from the tenant check, 422 from the path,
-# query and body checks, 413 from the body size limit and 503 from the store's error handler.
+# query and body checks, 413 from the body size limit, which applies to every request, and 503
+# from the store's error handler.
 EXPECTED_STATUS_CODES = {
-    ("get", "/healthz"): {"200"},
-    ("get", "/readyz"): {"200", "503"},
-    ("get", "/metrics"): {"200", "401", "403", "503"},
-    ("put", "/v1/tenants/{tenant}"): {"200", "201", "401", "403", "404", "422", "503"},
-    ("get", "/v1/tenants/{tenant}"): {"200", "401", "404", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/features/stateful-rules"): {"200", "401", "404", "422", "503"},
+    ("get", "/healthz"): {"200", "413"},
+    ("get", "/readyz"): {"200", "413", "503"},
+    ("get", "/metrics"): {"200", "401", "403", "413", "503"},
+    ("put", "/v1/tenants/{tenant}"): {"200", "201", "401", "403", "404", "413", "422", "503"},
+    ("get", "/v1/tenants/{tenant}"): {"200", "401", "404", "413", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/features/stateful-rules"): {"200", "401", "404", "413", "422", "503"},
     ("put", "/v1/tenants/{tenant}/features/stateful-rules"):
         {"200", "401", "403", "404", "413", "422", "503"},
     ("post", "/v1/tenants/{tenant}/tokens"): {"201", "401", "403", "404", "413", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/tokens"): {"200", "401", "403", "404", "422", "503"},
-    ("delete", "/v1/tenants/{tenant}/tokens/{token_id}"): {"204", "401", "403", "404", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/rules"): {"200", "401", "404", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/rules/{rule_id}"): {"200", "401", "404", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/tokens"): {"200", "401", "403", "404", "413", "422", "503"},
+    ("delete", "/v1/tenants/{tenant}/tokens/{token_id}"):
+        {"204", "401", "403", "404", "413", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/rules"): {"200", "401", "404", "413", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/rules/{rule_id}"): {"200", "401", "404", "413", "422", "503"},
     ("put", "/v1/tenants/{tenant}/rules/{rule_id}"): {"200", "401", "404", "412", "413", "422", "503"},
-    ("delete", "/v1/tenants/{tenant}/rules/{rule_id}"): {"204", "401", "404", "412", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/rules/{rule_id}/groups"): {"200", "401", "404", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/history"): {"200", "401", "404", "422", "503"},
+    ("delete", "/v1/tenants/{tenant}/rules/{rule_id}"): {"204", "401", "404", "412", "413", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/rules/{rule_id}/groups"): {"200", "401", "404", "413", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/history"): {"200", "401", "404", "413", "422", "503"},
     ("post", "/v1/tenants/{tenant}/events"): {"202", "401", "404", "413", "422", "503"},
 }
 SCHEMAS = "#/components/schemas/"
@@ -1224,6 +1354,92 @@ async def test_openapi_status_codes(client: httpx.AsyncClient) -> None:
     for (method, path), expected in EXPECTED_STATUS_CODES.items():
         listed = set(document["paths"][path][method]["responses"])
         assert listed == expected, (method, path)
+
+
+async def test_openapi_tenant_put_201_body(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+
+    created = await client.put(f"/v1/tenants/{new_tenant()}", headers=ADMIN)
+
+    assert created.status_code == 201
+    schema = response_schema(document, "put", "/v1/tenants/{tenant}", "201")
+    assert schema == {"$ref": SCHEMAS + "Tenant"}
+    assert schema_problems(created.json(), schema, document) == []
+
+
+async def test_openapi_rule_etag_header(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+
+    put = await client.put(path, headers=ADMIN, json=RULE)
+    get = await client.get(path, headers=ADMIN)
+
+    for method, response in (("get", get), ("put", put)):
+        operation = document["paths"]["/v1/tenants/{tenant}/rules/{rule_id}"][method]
+        headers = operation["responses"]["200"]["headers"]
+        assert headers["ETag"]["schema"] == {"type": "string"}, method
+        assert response.headers["etag"] == '"1"', method
+
+
+READINESS_CHECKS = ("store", "jetstream", "leases", "evaluators", "evaluators_store")
+"""Every check that /readyz can send: store from create_app, the rest from Service.readiness."""
+
+
+async def test_openapi_health_checks(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+
+    description = document["components"]["schemas"]["Health"]["properties"]["checks"]["description"]
+    for check in READINESS_CHECKS:
+        assert re.search(rf"\b{check}\b", description), check
+
+
+async def test_openapi_rule_health_null(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    tenant = await create_tenant(client)
+
+    rule = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=RULE)
+
+    health = document["components"]["schemas"]["RuleOut"]["properties"]["health"]
+    assert "null without a running service" in health["description"]
+    assert rule.json()["health"] is None
+
+
+async def test_openapi_history_kind_enum(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+
+    assert schemas["HistoryOut"]["properties"]["kind"] == {"$ref": SCHEMAS + "TransitionKind"}
+    assert schemas["TransitionKind"]["enum"] == [kind.value for kind in TransitionKind]
+
+
+async def test_openapi_ingest_signal(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    operation = document["paths"]["/v1/tenants/{tenant}/events"]["post"]
+    schemas = document["components"]["schemas"]
+
+    signal = next(parameter for parameter in operation["parameters"] if parameter["name"] == "signal")
+    assert signal["schema"]["anyOf"][0] == {"$ref": SCHEMAS + "IngestSignal"}
+    assert schemas["IngestSignal"]["enum"] == ["logs", "events"]
+    assert schemas["IngestSignal"]["description"].startswith("Signal that every event")
+    for name, schema in schemas.items():
+        assert "mypyc" not in schema.get("description", ""), name
+
+
+@pytest.mark.parametrize("value", ["any", "bogus", "LOGS", ""])
+async def test_ingest_signal_invalid_422(client: httpx.AsyncClient, value: str) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.post(
+        f"/v1/tenants/{tenant}/events", headers=ADMIN, params={"signal": value}, json={"n": 1}
+    )
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert len(detail) == 1
+    assert detail[0]["loc"] == ["query", "signal"]
+    assert detail[0]["msg"] == f"invalid signal {value!r}: use logs or events, or leave it out"
+    assert detail[0]["input"] == value
 
 
 async def test_openapi_tenant_put_404(client: httpx.AsyncClient) -> None:
@@ -1398,6 +1614,8 @@ async def test_openapi_rule_body_schema(client: httpx.AsyncClient) -> None:
     assert properties["threshold"]["type"] == "integer"
     assert properties["threshold"]["minimum"] == 1
     assert properties["threshold"]["maximum"] == 1_000_000_000
+    assert properties["max_groups"]["minimum"] == 1
+    assert properties["max_groups"]["maximum"] == 10_000_000
     assert properties["window"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 30 * 86400}
     assert properties["window"]["anyOf"][1]["type"] == "string"
     assert properties["bucket"]["anyOf"][0]["minimum"] == 1
@@ -1444,6 +1662,7 @@ async def test_rule_schema_accepts_documented_rules(client: httpx.AsyncClient) -
         {"group_by": "host"},
         {"labels": {"team": 1}},
         {"max_groups": 0},
+        {"max_groups": 10_000_001},
         [RULE],
     ],
 )

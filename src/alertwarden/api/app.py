@@ -16,6 +16,7 @@ from alertwarden.api.auth import admin_digest
 from alertwarden.api.deps import ApiContext, ServiceHooks
 from alertwarden.api.error_handlers import add_error_handlers
 from alertwarden.api.models import Health
+from alertwarden.api.responses import BODY_TOO_LARGE
 from alertwarden.errors import ConfigError, StoreError
 from alertwarden.logs import get_logger
 from alertwarden.metrics import Metrics
@@ -67,6 +68,8 @@ def create_app(
         title="alertwarden",
         summary="Tenants, rules, group state and transition history of alertwarden.",
         version="1",
+        # BodySizeLimit runs before routing, so every operation can return 413.
+        responses=BODY_TOO_LARGE,
     )
     app.state.api_context = ApiContext(
         store=store, admin_sha256=admin_digest(admin_token), clock=clock, service=service,

@@ -12,6 +12,7 @@ from fastapi import HTTPException, Path
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict, SkipJsonSchema
 
+from alertwarden.engine.records import TransitionKind
 from alertwarden.errors import ConfigError, InvalidValueError
 from alertwarden.sources.jetstream import TENANT_ID_PATTERN, TENANT_ID_RULE, validate_tenant
 from alertwarden.store.checks import check_json_document
@@ -84,7 +85,7 @@ class RuleOut(BaseModel):
     updated_at: str
     definition: dict[str, Any] = Field(description="The rule in the rule file format.")
     health: RuleHealth | None = Field(
-        None, description="Run-time status on the serving node; absent without a running service."
+        None, description="Run-time status on the serving node; null without a running service."
     )
 
 
@@ -112,7 +113,7 @@ class HistoryOut(BaseModel):
     rule: str
     rule_group: str
     group: dict[str, str | None]
-    kind: str
+    kind: TransitionKind
     count: int
     delivered: bool
     details: dict[str, Any]
@@ -127,7 +128,9 @@ class Health(BaseModel):
     status: str = Field(description="ok, or unavailable when a check failed.")
     checks: dict[str, str] = Field(
         default_factory=dict,
-        description="Each check (store, jetstream, evaluators) with ok or what is wrong.",
+        description="Each check with ok or what is wrong: store, and under `alertwarden serve` also"
+        " jetstream, leases, evaluators and evaluators_store. evaluators_store is present only"
+        " when it fails. /healthz sends no checks.",
     )
 
 
@@ -169,8 +172,9 @@ class ValidationErrorDetail(BaseModel):
     input: Any = Field(description="The rejected value, or null where no single value applies.")
     field: str | SkipJsonSchema[None] = Field(
         None,
-        description="Dotted name of the invalid field, such as threshold, labels.team or"
-        " group_by[1]. Sent by rule validation and for values that the store rejects.",
+        description="Path of the invalid field, such as threshold, labels.team or group_by[1], or"
+        " `key in labels` for an invalid name in labels. Sent by rule validation and for values"
+        " that the store rejects.",
         json_schema_extra=_omit_default,
     )
     type: str | SkipJsonSchema[None] = Field(

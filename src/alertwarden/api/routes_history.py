@@ -69,7 +69,7 @@ async def list_history(
             rule=row.rule_id,
             rule_group=row.rule_group,
             group=row.group,
-            kind=row.kind,
+            kind=TransitionKind(row.kind),
             count=row.count,
             delivered=row.delivered,
             details=row.details,

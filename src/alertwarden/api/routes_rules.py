@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Path, Query, Response
@@ -23,7 +24,6 @@ from alertwarden.api.models import (
     unprocessable,
 )
 from alertwarden.api.responses import (
-    BODY_TOO_LARGE,
     STORE_FAILED,
     TENANT_NOT_FOUND,
     UNAUTHORIZED,
@@ -35,7 +35,7 @@ from alertwarden.api.rule_schema import RULE_BODY_SCHEMA
 from alertwarden.engine.records import GroupSnapshot, format_time
 from alertwarden.errors import InvalidValueError, RuleError
 from alertwarden.rules import RuleDefaults, RuleDefinition, RuleFieldErrors, compile_rule
-from alertwarden.rules.model import ID_PATTERN
+from alertwarden.rules.model import ID_PATTERN, MAX_TEXT_CHARS
 from alertwarden.store.checks import check_json_document
 from alertwarden.store.postgres import RuleDeletion
 
@@ -47,6 +47,12 @@ _SCOPED: Responses = {
 }
 _RULE_NOT_FOUND: Responses = {404: error("No such tenant or rule, or a tenant the token may not see.")}
 _INVALID_RULE_ID: Responses = {422: invalid("Invalid tenant id or rule id.")}
+_ETAG_HEADER: dict[str, Any] = {
+    "ETag": {
+        "description": 'The rule\'s version as an entity tag, such as "3", for If-Match.',
+        "schema": {"type": "string"},
+    }
+}
 
 RuleId = Annotated[
     str,
@@ -90,6 +96,21 @@ def _parse_if_match(value: str | None) -> int | None:
     return int(text) if text.isdigit() and 0 < len(text) <= 9 else 0
 
 
+def _precondition_failed(rule_id: str, if_match: str | None) -> HTTPException:
+    """Return the 412 for an If-Match that does not name the stored version of an existing rule."""
+    advice = 'send the ETag that GET returned for the rule, such as "3", or leave If-Match out'
+    if if_match is None or not if_match.strip():
+        return HTTPException(412, f"If-Match is empty, so it names no version of rule {rule_id!r}: {advice}")
+    if _parse_if_match(if_match) == 0:
+        return HTTPException(
+            412, f"If-Match {if_match!r} names no version of rule {rule_id!r}: {advice}"
+        )
+    return HTTPException(
+        412,
+        f"rule {rule_id!r} is not at version {if_match}: read it again and retry with the new ETag",
+    )
+
+
 @router.get("", summary="List the tenant's rules", response_model=RuleList, responses=_SCOPED)
 async def list_rules(tenant: TenantScope, api: Api) -> RuleList:
     rows = await api.store.rule_definitions(tenant)
@@ -104,7 +125,7 @@ async def list_rules(tenant: TenantScope, api: Api) -> RuleList:
         **_SCOPED,
         **_RULE_NOT_FOUND,
         **_INVALID_RULE_ID,
-        200: {"description": "The rule; the ETag header is its version."},
+        200: {"description": "The rule; the ETag header is its version.", "headers": _ETAG_HEADER},
     },
 )
 async def get_rule(tenant: TenantScope, rule_id: RuleId, api: Api, response: Response) -> RuleOut:
@@ -122,9 +143,11 @@ async def get_rule(tenant: TenantScope, rule_id: RuleId, api: Api, response: Res
     response_model=RuleOut,
     responses={
         **_SCOPED,
-        200: {"description": "The rule was stored; the ETag header is its new version."},
+        200: {
+            "description": "The rule was stored; the ETag header is its new version.",
+            "headers": _ETAG_HEADER,
+        },
         412: error("If-Match does not name the stored version, which includes a rule not stored yet."),
-        **BODY_TOO_LARGE,
         422: invalid(
             "Invalid tenant id or rule id, or an invalid rule: each error names the field and the"
             " value."
@@ -155,14 +178,10 @@ async def put_rule(
         if not await api.store.rule_definitions(tenant, rule_id):
             raise HTTPException(
                 412,
-                f"rule {rule_id!r} does not exist, so If-Match {if_match} cannot match: send the"
+                f"rule {rule_id!r} does not exist, so If-Match {if_match!r} cannot match: send the"
                 " PUT without If-Match to create it",
             )
-        raise HTTPException(
-            412,
-            f"rule {rule_id!r} is not at version {if_match}: read it again and retry with the"
-            " new ETag",
-        )
+        raise _precondition_failed(rule_id, if_match)
     rows = await api.store.rule_definitions(tenant, rule_id)
     api.rules_changed()
     rule = _rule_out(rows[0], api, tenant) if rows else None
@@ -210,11 +229,7 @@ async def delete_rule(
     if outcome is RuleDeletion.NOT_FOUND:
         raise not_found(f"rule {rule_id!r} of tenant {tenant!r}")
     if outcome is RuleDeletion.VERSION_MISMATCH:
-        raise HTTPException(
-            412,
-            f"rule {rule_id!r} is not at version {if_match}: read it again and retry with the"
-            " new ETag",
-        )
+        raise _precondition_failed(rule_id, if_match)
     api.rules_changed()
     return Response(status_code=204)
 
@@ -312,34 +327,94 @@ def _validate_rule(
 
 
 def _validation_details(error: ValidationError, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Turn the rule model's errors into 422 details with one naming convention.
+
+    `field` is a path such as threshold, group_by[1], labels.team or match.any[0].field, and
+    `loc` is "body" followed by the parts of that path, such as ["body", "group_by", 1].
+    """
     details: list[dict[str, Any]] = []
     for item in error.errors():
         cause = item.get("ctx", {}).get("error")
         if isinstance(cause, RuleFieldErrors):
             for field, message in cause.problems:
-                details.append(
-                    {"loc": ["body", *field.split(".")], "field": field, "msg": message,
-                     "input": _value_at(body, field)}
-                )
+                parts = _field_parts(field)
+                details.append(_detail(parts, field, message, _value_at(body, parts)))
             continue
-        field = ".".join(str(part) for part in item["loc"]) or "rule"
+        parts = list(item["loc"])
+        field = _field_name(parts) or "rule"
+        value = item.get("input")
         message = str(cause) if isinstance(cause, ValueError) else item["msg"]
         if item["type"] == "extra_forbidden":
             message = f"unknown field {field!r}: remove it; see the rule fields in docs/rules.md"
-        details.append(
-            {"loc": ["body", *item["loc"]], "field": field, "msg": message,
-             "input": item.get("input")}
-        )
+        elif len(parts) == 1 and parts[0] in _MAPPING_FIELDS and isinstance(value, dict):
+            # RuleDefinition checks the mapping as a whole, so name the entry that it rejected.
+            # An empty name gets the field `key in labels`, as check_json_document names a key.
+            key = _invalid_text_entry(value)
+            if key == "":
+                parts, field, value = [*parts, key], f"key in {field}", key
+            elif key is not None:
+                parts, field, value = [*parts, key], f"{field}.{key}", value[key]
+        details.append(_detail(parts, field, message, value))
     return details
 
 
-def _value_at(body: dict[str, Any], field: str) -> Any:
-    """Return the body's value at a dotted field path such as group_by[1] or match.any, or None."""
+def _detail(parts: list[str | int], field: str, message: str, value: Any) -> dict[str, Any]:
+    return {"loc": ["body", *parts], "field": field, "msg": message, "input": value}
+
+
+def _invalid_text_entry(mapping: dict[str, Any]) -> str | None:
+    """Return the first name of a labels or annotations mapping that RuleDefinition rejects.
+
+    It repeats the checks of RuleDefinition._check_names, which stops at the first entry with an
+    empty name or a value over MAX_TEXT_CHARS characters.
+    """
+    for key, text in mapping.items():
+        if not key or (isinstance(text, str) and len(text) > MAX_TEXT_CHARS):
+            return str(key)
+    return None
+
+
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_MAPPING_FIELDS = ("labels", "annotations")
+"""Fields whose keys are free text, so the rest of a path such as labels.a.b is one key."""
+
+
+def _field_parts(field: str) -> list[str | int]:
+    """Split a field path such as group_by[1], match.any[0].field or labels.team into its parts."""
+    top = re.match(r"[^.\[]*", field)
+    assert top is not None
+    name, rest = top.group(), field[top.end():]
+    if name in _MAPPING_FIELDS and rest.startswith("."):
+        return [name, rest[1:]]
+    parts: list[str | int] = [name]
+    position = 0
+    while position < len(rest):
+        part = _PATH_PART.match(rest, position)
+        if part is None:
+            # Not a path that this function wrote, so keep the rest as one part.
+            return [*parts, rest[position:].removeprefix(".")]
+        parts.append(part.group(1) if part.group(1) is not None else int(part.group(2)))
+        position = part.end()
+    return parts
+
+
+def _field_name(parts: list[str | int]) -> str:
+    """Join path parts into a field path: names with dots and list indexes in brackets."""
+    name = ""
+    for part in parts:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else part
+    return name
+
+
+def _value_at(body: dict[str, Any], parts: list[str | int]) -> Any:
+    """Return the body's value at a field path's parts, or None where the body has none."""
     value: Any = body
-    for part in field.replace("[", ".[").split("."):
-        if part.startswith("[") and part.endswith("]") and part[1:-1].isdigit():
-            index = int(part[1:-1])
-            value = value[index] if isinstance(value, list) and index < len(value) else None
+    for part in parts:
+        if isinstance(part, int):
+            value = value[part] if isinstance(value, list) and part < len(value) else None
         elif isinstance(value, dict):
             value = value.get(part)
         else:

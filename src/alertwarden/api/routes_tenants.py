@@ -22,7 +22,6 @@ from alertwarden.api.models import (
 )
 from alertwarden.api.responses import (
     ADMIN_ONLY,
-    BODY_TOO_LARGE,
     STORE_FAILED,
     TENANT_NOT_FOUND,
     UNAUTHORIZED,
@@ -50,7 +49,7 @@ router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
     response_model=Tenant,
     responses={
         200: {"description": "The tenant already existed and is unchanged."},
-        201: {"description": "The tenant was created with stateful-rules off."},
+        201: {"description": "The tenant was created with stateful-rules off.", "model": Tenant},
         **_ADMIN_ONLY,
         403: error("The tenant's own token, because creating a tenant requires the admin token."),
         404: error("Another tenant's token, which may not see this tenant."),
@@ -99,7 +98,7 @@ async def get_stateful_rules(tenant: TenantScope, api: Api) -> Feature:
     "/{tenant}/features/stateful-rules",
     summary="Switch the stateful-rules flag (admin)",
     response_model=Feature,
-    responses={**_ADMIN_ONLY, **BODY_TOO_LARGE, 422: invalid("Invalid body or tenant id.")},
+    responses={**_ADMIN_ONLY, 422: invalid("Invalid body or tenant id.")},
 )
 async def put_stateful_rules(
     tenant: AdminScope, api: Api, body: Annotated[FeatureBody, Body()]
@@ -118,7 +117,6 @@ async def put_stateful_rules(
     response_model=IssuedTokenOut,
     responses={
         **_ADMIN_ONLY,
-        **BODY_TOO_LARGE,
         422: invalid("Invalid body or tenant id, or a token name that the store cannot hold."),
     },
 )

@@ -17,6 +17,7 @@ from pydantic_core import core_schema
 from alertwarden.rules.durations import MAX_BUCKETS
 from alertwarden.rules.model import (
     ID_PATTERN,
+    MAX_GROUPS,
     MAX_TEXT_CHARS,
     MAX_THRESHOLD,
     MAX_WINDOW_S,
@@ -76,7 +77,7 @@ FIELD_CONSTRAINTS: dict[str, dict[str, Any]] = {
     "id": _IDENTIFIER,
     "group": _IDENTIFIER,
     "threshold": {"minimum": 1, "maximum": MAX_THRESHOLD},
-    "max_groups": {"minimum": 1},
+    "max_groups": {"minimum": 1, "maximum": MAX_GROUPS},
     "labels": _TEXT_VALUES,
     "annotations": _TEXT_VALUES,
 }
