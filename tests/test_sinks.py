@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import socket
@@ -22,7 +23,9 @@ from hypothesis import strategies as st
 
 from alertwarden.errors import ConfigError, OutputClosedError, SinkError
 from alertwarden.sinks.base import Notification
+from alertwarden.sinks import remote as remote_module
 from alertwarden.sinks.fanout import FanoutError, FanoutSink
+from alertwarden.sinks.remote import RemoteDelivery
 from alertwarden.sinks.stdout import (
     ConsoleSink,
     JsonLinesSink,
@@ -728,3 +731,41 @@ def test_fanout_rejects_empty() -> None:
 
 def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+async def test_remote_drain_waits_for_outbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote_module, "MAX_PENDING", 1)
+    outbox = {history_id: make_notification(transition_id=f"t{history_id}") for history_id in (1, 2, 3)}
+    received: list[str] = []
+    delivered: list[int | None] = []
+
+    class RecordingSink:
+        name = "recording"
+
+        async def send(self, notification: Notification) -> None:
+            received.append(notification.transition_id)
+
+        async def close(self) -> None:
+            return None
+
+    async def on_delivered(history_id: int | None) -> None:
+        delivered.append(history_id)
+        outbox.pop(history_id or 0, None)
+
+    async def refill(after_id: int, limit: int) -> list[tuple[int, Notification]]:
+        # A store read takes a while, and drain must wait through it.
+        await asyncio.sleep(0.1)
+        return [(key, outbox[key]) for key in sorted(outbox) if key > after_id][:limit]
+
+    remote = RemoteDelivery(RecordingSink(), on_delivered, name="recording", refill=refill)
+    # All three are put before the worker runs, so two of them wait in the outbox.
+    for history_id in (1, 2, 3):
+        remote.put(history_id, outbox[history_id])
+    remote.start()
+
+    assert await remote.drain(5.0)
+    await remote.stop()
+
+    assert received == ["t1", "t2", "t3"]
+    assert delivered == [1, 2, 3]
+    assert remote.dropped == 2

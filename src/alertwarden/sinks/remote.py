@@ -91,11 +91,14 @@ class RemoteDelivery:
             log.warning("remote_queue_full", sink=self.name, max_pending=MAX_PENDING, dropped=self.dropped, note=note)
 
     async def drain(self, timeout_s: float) -> bool:
-        """Wait until the queue is empty or `timeout_s` passes; return True when empty."""
+        """Wait until the queue is sent, with what the sink left in the outbox, or `timeout_s`.
+
+        Returns True when nothing is left to send.
+        """
         deadline = time.monotonic() + timeout_s
-        while self._pending and time.monotonic() < deadline:
+        while (self._pending or self._behind) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        return not self._pending
+        return not (self._pending or self._behind)
 
     async def stop(self) -> None:
         if self._task is None:
