@@ -300,6 +300,34 @@ async def test_window_change_resolves_firing(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_window_change_after_crash_deletes_row(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "crash.sqlite")
+    await store.open()
+    rules = load_rules_text(RULES)
+    pipeline = make_pipeline(rules, store, CollectingSink())
+    await pipeline.start(no_resume)
+    # The first checkpoint, as serve writes it at start.
+    await pipeline.flush(0, force=True)
+    stream = [e for e in events() if e.fields["host"] == "web-1"][:3]
+    for offset, event in enumerate(stream):
+        await pipeline.process(event, offset)
+    # A kill without the final flush: the firing row was written with its transition, at a
+    # position after the last checkpoint.
+    stored = await store.load("default", "default")
+    [row] = stored.groups["errors"]
+    assert stored.checkpoint is not None
+    assert row.position > stored.checkpoint.position
+
+    changed = load_rules_text(RULES.replace("window: 5m", "window: 10m"))
+    sink = CollectingSink()
+    restarted = make_pipeline(changed, store, sink)
+    await restarted.start(no_resume)
+
+    assert [n.kind for n in sink.sent] == ["recovered"]
+    assert (await store.load("default", "default")).groups.get("errors", []) == []
+    await store.close()
+
+
 async def test_window_change_keeps_regrown_group(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "regrown.sqlite")
     await store.open()

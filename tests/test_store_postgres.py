@@ -179,6 +179,20 @@ async def test_flush_deletes_forgotten(store: PostgresStore) -> None:
     assert loaded.checkpoint == checkpoint(20)
 
 
+async def test_flush_deletes_obsolete_at_any_position(store: PostgresStore) -> None:
+    tenant = unique()
+    ahead = snapshot("r1", ("ahead",), position=30)
+    kept = snapshot("r1", ("kept",), position=4)
+    await store.flush(tenant, "g", FlushBatch([ahead, kept], [], checkpoint(4)))
+
+    obsolete = [("r1", ("ahead",)), ("r1", ("never",))]
+    await store.flush(tenant, "g", FlushBatch([], [], checkpoint(20), obsolete))
+    loaded = await store.load(tenant, "g")
+
+    assert loaded.groups == {"r1": [kept]}
+    assert loaded.checkpoint == checkpoint(20)
+
+
 async def test_flush_duplicate_group_keeps_latest(store: PostgresStore) -> None:
     tenant = unique()
     first = snapshot(position=6, counts=(1, 1, 1, 1))
@@ -805,7 +819,7 @@ async def test_ping_times_out_without_connection(pg_store_url: str) -> None:
     try:
         # The only connection is busy, as every one is while the server does not answer.
         async with pg_store._connection("hold"):
-            with pytest.raises(StoreError, match=r"PostgreSQL did not answer within 0\.2 s"):
+            with pytest.raises(StoreError, match=r"PostgreSQL did not respond within 0\.2 s"):
                 await pg_store.ping(timeout_s=0.2)
         await pg_store.ping()
     finally:

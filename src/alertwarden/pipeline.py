@@ -292,17 +292,17 @@ class RuleGroupPipeline:
                 )
             return
         started = time.perf_counter()
-        changed, forgotten = self.evaluator.drain_changes(offset)
+        changed, forgotten, obsolete = self.evaluator.drain_changes(offset)
         checkpoint = self.evaluator.checkpoint(self.source, offset)
         try:
             await self.store.flush(
-                self.tenant, self.rule_group, FlushBatch(changed, forgotten, checkpoint)
+                self.tenant, self.rule_group, FlushBatch(changed, forgotten, checkpoint, obsolete)
             )
         except LeaseLostError:
             # Not an outage to ride out: another node evaluates the rule group now.
             raise
         except StoreError as exc:
-            self.evaluator.requeue(changed, forgotten)
+            self.evaluator.requeue(changed, forgotten, obsolete)
             self._store_failed("flush", exc)
             if force:
                 raise
@@ -311,7 +311,7 @@ class RuleGroupPipeline:
         if checkpoint.now is not None:
             self._flushed_bucket = self._flush_bucket(checkpoint.now)
         self.stats.flushes += 1
-        self.stats.flushed_rows += len(changed) + len(forgotten)
+        self.stats.flushed_rows += len(changed) + len(forgotten) + len(obsolete)
         self.stats.flush_seconds += time.perf_counter() - started
         await self._prune(checkpoint.now)
         self._log_dropped_events()

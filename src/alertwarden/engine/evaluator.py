@@ -614,15 +614,17 @@ class Evaluator:
 
     def drain_changes(
         self, offset: int
-    ) -> tuple[list[GroupSnapshot], list[tuple[str, GroupKey]]]:
-        """Return the groups changed and forgotten since the last call, and reset both lists.
+    ) -> tuple[list[GroupSnapshot], list[tuple[str, GroupKey]], list[tuple[str, GroupKey]]]:
+        """Return the groups changed, forgotten and obsolete since the last call; reset the lists.
 
         Frozen groups are left out: their stored state is newer than anything the replay has
-        rebuilt so far.
+        rebuilt so far. Obsolete groups are the stored rows that the restore dropped (see
+        FlushBatch.obsolete).
         """
         position = self._position_base + 2 * offset
         changed: list[GroupSnapshot] = []
         forgotten: list[tuple[str, GroupKey]] = []
+        obsolete: list[tuple[str, GroupKey]] = []
         for state in self._states:
             keys = state.table.keys
             for slot in state.table.take_dirty():
@@ -636,12 +638,15 @@ class Evaluator:
             # upserted in the same flush, replaces the old row, so a delete would remove it.
             live = self._by_id.get(rule_id)
             if live is None or key not in live.table.slots:
-                forgotten.append((rule_id, key))
+                obsolete.append((rule_id, key))
         self._orphans = []
-        return changed, forgotten
+        return changed, forgotten, obsolete
 
     def requeue(
-        self, changed: Sequence[GroupSnapshot], forgotten: Sequence[tuple[str, GroupKey]]
+        self,
+        changed: Sequence[GroupSnapshot],
+        forgotten: Sequence[tuple[str, GroupKey]],
+        obsolete: Sequence[tuple[str, GroupKey]] = (),
     ) -> None:
         """Mark drained changes as pending again after a flush that failed.
 
@@ -659,6 +664,8 @@ class Evaluator:
                 self._orphans.append((rule_id, key))
             elif key not in state.table.slots:
                 state.forgotten.add(key)
+        # The next drain leaves out those whose group has counted again by then.
+        self._orphans.extend(obsolete)
 
     def checkpoint(self, source: str, offset: int) -> Checkpoint:
         """Return the checkpoint for a flush taken before the record at `offset` is applied."""

@@ -146,8 +146,14 @@ class Checkpoint:
 
 @dataclass(slots=True)
 class FlushBatch:
-    """Changed groups, forgotten groups and the checkpoint of one flush, written in one transaction."""
+    """Changed groups, forgotten groups and the checkpoint of one flush, written in one transaction.
+
+    A forgotten group's row is deleted only when it is not newer than the checkpoint. An
+    obsolete group's row is deleted whatever its position: its rule was removed, or its window
+    or bucket changed, so no state of that row is current.
+    """
 
     changed: list[GroupSnapshot]
     forgotten: list[tuple[str, GroupKey]]
     checkpoint: Checkpoint
+    obsolete: list[tuple[str, GroupKey]] = field(default_factory=list)

@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from alertwarden.engine.records import (
     Checkpoint,
     FlushBatch,
+    GroupKey,
     GroupSnapshot,
     GroupStatus,
     Transition,
@@ -60,7 +61,7 @@ from alertwarden.store.checks import (
 log = get_logger(__name__)
 
 PING_TIMEOUT_S = 5.0
-"""Longest wait of the readiness check's query, connection included."""
+"""Maximum wait of the readiness check's query, connection included."""
 HISTORY_LIMIT_MAX = 10_000
 """Upper bound on the rows one history() call returns, whatever `limit` the caller passes."""
 
@@ -109,6 +110,14 @@ DELETE FROM rule_state AS s
 USING unnest(%(rule_id)s::text[], %(group_key)s::text[]) AS f(rule_id, group_key)
 WHERE s.tenant_id = %(tenant)s AND s.rule_group = %(rule_group)s
   AND s.rule_id = f.rule_id AND s.group_key = f.group_key AND s.position <= %(position)s
+"""
+
+# An obsolete group's row is deleted whatever its position (see FlushBatch.obsolete).
+_DELETE_OBSOLETE_GROUPS: LiteralString = """
+DELETE FROM rule_state AS s
+USING unnest(%(rule_id)s::text[], %(group_key)s::text[]) AS f(rule_id, group_key)
+WHERE s.tenant_id = %(tenant)s AND s.rule_group = %(rule_group)s
+  AND s.rule_id = f.rule_id AND s.group_key = f.group_key
 """
 
 _UPSERT_CHECKPOINT: LiteralString = """
@@ -503,12 +512,8 @@ class PostgresStore:
         """
         check_scope(tenant, rule_group)
         groups = _group_params(batch.changed)
-        forgotten_rule_ids: list[str] = []
-        forgotten_keys: list[str] = []
-        for rule_id, key in batch.forgotten:
-            check_text("rule_id", rule_id)
-            forgotten_rule_ids.append(rule_id)
-            forgotten_keys.append(encode_key(rule_id, key))
+        forgotten_rule_ids, forgotten_keys = _group_identities(batch.forgotten)
+        obsolete_rule_ids, obsolete_keys = _group_identities(batch.obsolete)
         checkpoint = _checkpoint_params(tenant, rule_group, batch.checkpoint)
 
         async with self._transaction("flush") as conn:
@@ -527,6 +532,16 @@ class PostgresStore:
                         "rule_id": forgotten_rule_ids,
                         "group_key": forgotten_keys,
                         "position": batch.checkpoint.position,
+                    },
+                )
+            if obsolete_rule_ids:
+                await conn.execute(
+                    _DELETE_OBSOLETE_GROUPS,
+                    {
+                        "tenant": tenant,
+                        "rule_group": rule_group,
+                        "rule_id": obsolete_rule_ids,
+                        "group_key": obsolete_keys,
                     },
                 )
             await conn.execute(_UPSERT_CHECKPOINT, checkpoint)
@@ -839,15 +854,15 @@ class PostgresStore:
     async def ping(self, timeout_s: float = PING_TIMEOUT_S) -> None:
         """Run one trivial query; raises StoreError when the server cannot be reached.
 
-        Bounded by its own timeout, shorter than the pool's, so that a readiness probe answers
-        while the server is down.
+        Bounded by its own timeout, shorter than the pool's, so that a readiness probe gets a
+        response while the server is down.
         """
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._transaction("ping") as conn:
                     await conn.execute("SELECT 1")
         except TimeoutError:
-            raise StoreError(f"PostgreSQL did not answer within {timeout_s:g} s") from None
+            raise StoreError(f"PostgreSQL did not respond within {timeout_s:g} s") from None
 
     async def create_tenant(self, tenant: str) -> bool:
         """Insert the tenant with its flag off unless it exists; return True when it was inserted."""
@@ -1519,6 +1534,17 @@ def _encode_history_columns(history: dict[str, list[Any]]) -> dict[str, _BinaryA
     for name in ("rule_id", "group_key", "kind", "transition_id", "details"):
         arrays[f"h_{name}"] = _text_array(history[name])
     return arrays
+
+
+def _group_identities(groups: Sequence[tuple[str, GroupKey]]) -> tuple[list[str], list[str]]:
+    """Return the rule ids and encoded group keys of (rule id, group key) pairs, as two arrays."""
+    rule_ids: list[str] = []
+    keys: list[str] = []
+    for rule_id, key in groups:
+        check_text("rule_id", rule_id)
+        rule_ids.append(rule_id)
+        keys.append(encode_key(rule_id, key))
+    return rule_ids, keys
 
 
 def _checkpoint_params(tenant: str, rule_group: str, checkpoint: Checkpoint) -> tuple[Any, ...]:

@@ -91,6 +91,11 @@ DELETE FROM groups
 WHERE tenant = ? AND rule_group = ? AND rule_id = ? AND group_key = ? AND position <= ?
 """
 
+# An obsolete group's row is deleted whatever its position (see FlushBatch.obsolete).
+_DELETE_OBSOLETE_GROUP = """
+DELETE FROM groups WHERE tenant = ? AND rule_group = ? AND rule_id = ? AND group_key = ?
+"""
+
 _UPSERT_CHECKPOINT = """
 INSERT INTO checkpoints (tenant, rule_group, source, "offset", position, now, ticked, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -243,9 +248,14 @@ class SQLiteStore:
             for rule_id, key in batch.forgotten
         ]
 
+        obsolete_rows = [
+            (tenant, rule_group, *_group_identity_params(rule_id, key)) for rule_id, key in batch.obsolete
+        ]
+
         with self._transaction("flush") as conn:
             conn.executemany(_UPSERT_GROUP, group_rows)
             conn.executemany(_DELETE_GROUP, forgotten_rows)
+            conn.executemany(_DELETE_OBSOLETE_GROUP, obsolete_rows)
             conn.execute(_UPSERT_CHECKPOINT, checkpoint_row)
 
     async def undelivered(
