@@ -328,6 +328,26 @@ async def test_window_change_after_crash_deletes_row(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_removed_rule_rows_deleted_at_start(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "removed.sqlite")
+    await store.open()
+    pipeline = make_pipeline(load_rules_text(RULES), store, CollectingSink())
+    await pipeline.start(no_resume)
+    stream = [e for e in events() if e.fields["host"] == "web-1"][:3]
+    for offset, event in enumerate(stream):
+        await pipeline.process(event, offset)
+    await pipeline.finish(len(stream))
+    assert "errors" in (await store.load("default", "default")).groups
+
+    renamed = load_rules_text(RULES.replace("id: errors", "id: error-burst"))
+    restarted = make_pipeline(renamed, store, CollectingSink())
+    report = await restarted.start(no_resume)
+
+    assert report.dropped_unknown_rules == {"errors"}
+    assert (await store.load("default", "default")).groups == {}
+    await store.close()
+
+
 async def test_window_change_keeps_regrown_group(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "regrown.sqlite")
     await store.open()

@@ -158,10 +158,10 @@ class RuleGroupPipeline:
         await self._redeliver()
         if report.reset_transitions:
             await self._emit(report.reset_transitions)
-            if replay:
-                # Deletes the old rows of the groups reset now, not at the first bucket's flush:
-                # until then the API showed them firing, and a crash sent the reset again.
-                await self.flush(self.resume_offset)
+        if replay and (report.reset_rules or report.dropped_unknown_rules):
+            # Deletes the rows the restore dropped now, not at the first bucket's flush: until
+            # then the API showed them, and a crash sent a reset's `recovered` again.
+            await self.flush(self.resume_offset)
         if resumed:
             await self._emit(resumed)
         return report
