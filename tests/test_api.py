@@ -764,6 +764,15 @@ async def test_rule_unstorable_value_422(
     assert stored.json()["version"] == 1
 
 
+@contextlib.asynccontextmanager
+async def default_limit_client(store: PostgresStore) -> AsyncIterator[httpx.AsyncClient]:
+    """Yield a client of an app with the default body limit of 1 MiB."""
+    app = create_app(store, admin_token=ADMIN_TOKEN)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        yield client
+
+
 @pytest.mark.parametrize(
     ("body", "loc", "field", "value"),
     [
@@ -782,10 +791,8 @@ async def test_rule_unstorable_value_422(
 async def test_rule_422_field_and_loc_agree(
     store: PostgresStore, body: dict[str, object], loc: list[object], field: str, value: object
 ) -> None:
-    # The default body limit of 1 MiB, because the long label is larger than the fixture's.
-    app = create_app(store, admin_token=ADMIN_TOKEN)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+    # The default body limit, because the long label is larger than the fixture's.
+    async with default_limit_client(store) as client:
         tenant = await create_tenant(client)
         response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=ADMIN, json=body)
 
@@ -839,10 +846,8 @@ async def test_rule_max_groups_range(client: httpx.AsyncClient) -> None:
     ids=["nested-5000", "invalid-utf8"],
 )
 async def test_rule_unparsable_body_422(store: PostgresStore, body: bytes) -> None:
-    # The default body limit of 1 MiB, because the nested body is larger than the fixture's.
-    app = create_app(store, admin_token=ADMIN_TOKEN)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+    # The default body limit, because the nested body is larger than the fixture's.
+    async with default_limit_client(store) as client:
         tenant = await create_tenant(client)
         response = await client.put(f"/v1/tenants/{tenant}/rules/r1", headers=JSON_ADMIN, content=body)
 

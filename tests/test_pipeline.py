@@ -266,18 +266,33 @@ async def test_final_flush_unstored_raises(tmp_path: Path) -> None:
     await inner.close()
 
 
-async def test_window_change_resolves_firing(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite"
-    store = SQLiteStore(path)
-    await store.open()
-    rules = load_rules_text(RULES)
-    pipeline = make_pipeline(rules, store, CollectingSink())
+WEB1_BURST = [e for e in events() if e.fields["host"] == "web-1"][:3]
+"""Three errors of web-1, which fire the `errors` rule at the third."""
+
+
+async def fire_web1(store: SQLiteStore, *, killed: bool = False) -> CollectingSink:
+    """Run the `errors` rule over WEB1_BURST until it fires; return the sink.
+
+    With `killed`, the run ends like a kill -9: with its first checkpoint written at the start,
+    as serve writes it, and without the final flush.
+    """
+    sink = CollectingSink()
+    pipeline = make_pipeline(load_rules_text(RULES), store, sink)
     await pipeline.start(no_resume)
-    stream = [e for e in events() if e.fields["host"] == "web-1"][:3]
-    for offset, event in enumerate(stream):
+    if killed:
+        await pipeline.flush(0, force=True)
+    for offset, event in enumerate(WEB1_BURST):
         await pipeline.process(event, offset)
-    await pipeline.finish(len(stream))
-    assert [n.kind for n in pipeline.sink.sent] == ["fired"]  # type: ignore[attr-defined]
+    if not killed:
+        await pipeline.finish(len(WEB1_BURST))
+    assert [n.kind for n in sink.sent] == ["fired"]
+    return sink
+
+
+async def test_window_change_resolves_firing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "state.sqlite")
+    await store.open()
+    await fire_web1(store)
 
     changed = load_rules_text(RULES.replace("window: 5m", "window: 10m"))
     sink = CollectingSink()
@@ -292,7 +307,7 @@ async def test_window_change_resolves_firing(tmp_path: Path) -> None:
     assert restarted.evaluator.group_count("errors") == 0
     # The firing row is gone at once, so a crash now would not reset the group again.
     assert (await store.load("default", "default")).groups.get("errors", []) == []
-    await restarted.finish(len(stream))
+    await restarted.finish(len(WEB1_BURST))
     stored = await store.load("default", "default")
     assert stored.groups.get("errors", []) == []
     kinds = [r.kind for r in await store.history("default")]
@@ -303,16 +318,8 @@ async def test_window_change_resolves_firing(tmp_path: Path) -> None:
 async def test_window_change_after_crash_deletes_row(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "crash.sqlite")
     await store.open()
-    rules = load_rules_text(RULES)
-    pipeline = make_pipeline(rules, store, CollectingSink())
-    await pipeline.start(no_resume)
-    # The first checkpoint, as serve writes it at start.
-    await pipeline.flush(0, force=True)
-    stream = [e for e in events() if e.fields["host"] == "web-1"][:3]
-    for offset, event in enumerate(stream):
-        await pipeline.process(event, offset)
-    # A kill without the final flush: the firing row was written with its transition, at a
-    # position after the last checkpoint.
+    await fire_web1(store, killed=True)
+    # The firing row was written with its transition, at a position after the last checkpoint.
     stored = await store.load("default", "default")
     [row] = stored.groups["errors"]
     assert stored.checkpoint is not None
@@ -331,12 +338,7 @@ async def test_window_change_after_crash_deletes_row(tmp_path: Path) -> None:
 async def test_removed_rule_rows_deleted_at_start(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "removed.sqlite")
     await store.open()
-    pipeline = make_pipeline(load_rules_text(RULES), store, CollectingSink())
-    await pipeline.start(no_resume)
-    stream = [e for e in events() if e.fields["host"] == "web-1"][:3]
-    for offset, event in enumerate(stream):
-        await pipeline.process(event, offset)
-    await pipeline.finish(len(stream))
+    await fire_web1(store)
     assert "errors" in (await store.load("default", "default")).groups
 
     renamed = load_rules_text(RULES.replace("id: errors", "id: error-burst"))
@@ -351,21 +353,16 @@ async def test_removed_rule_rows_deleted_at_start(tmp_path: Path) -> None:
 async def test_window_change_keeps_regrown_group(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "regrown.sqlite")
     await store.open()
-    rules = load_rules_text(RULES)
-    pipeline = make_pipeline(rules, store, CollectingSink())
-    await pipeline.start(no_resume)
-    stream = [e for e in events() if e.fields["host"] == "web-1"][:3]
-    for offset, event in enumerate(stream):
-        await pipeline.process(event, offset)
-    await pipeline.finish(len(stream))
+    await fire_web1(store)
 
     changed = load_rules_text(RULES.replace("window: 5m", "window: 10m"))
     restarted = make_pipeline(changed, store, CollectingSink())
     await restarted.start(no_resume)
     # The same group counts again under the new window before the first flush.
-    later = stream[-1].time_s + 1
-    await restarted.process(Event(later, {"severity": "error", "host": "web-1"}, Signal.LOGS), len(stream))
-    await restarted.finish(len(stream) + 1)
+    later = WEB1_BURST[-1].time_s + 1
+    offset = len(WEB1_BURST)
+    await restarted.process(Event(later, {"severity": "error", "host": "web-1"}, Signal.LOGS), offset)
+    await restarted.finish(offset + 1)
 
     # The flush that deletes the old row must not delete the new one written with it.
     stored = await store.load("default", "default")
@@ -440,10 +437,14 @@ def make_remote_pipeline(
     )
 
 
+@pytest.mark.parametrize("max_pending", [remote_module.MAX_PENDING, 2], ids=["queue", "outbox"])
 async def test_remote_sink_retries_in_background(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_pending: int
 ) -> None:
     monkeypatch.setattr(remote_module, "RETRY_INITIAL_S", 0.01)
+    # With a queue of 2, the failures fill it, and later transitions wait in the outbox until
+    # the queue has drained.
+    monkeypatch.setattr(remote_module, "MAX_PENDING", max_pending)
     store = SQLiteStore(tmp_path / "remote.sqlite")
     await store.open()
     local = CollectingSink()
@@ -459,35 +460,9 @@ async def test_remote_sink_retries_in_background(
     sent_locally = [n.transition_id for n in local.sent]
     assert len(sent_locally) >= 8
     assert len(set(sent_locally)) == len(sent_locally)
-    # The remote sink got every transition once, in order, after its failures.
+    # The remote sink got every transition once, in order, after its failures, in this run.
     assert [n.transition_id for n in remote.received] == sent_locally
     assert remote.attempts == len(sent_locally) + 3
-    assert await store.undelivered("default", "default") == []
-    await store.close()
-
-
-async def test_remote_sink_reads_back_outbox_past_queue(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(remote_module, "RETRY_INITIAL_S", 0.01)
-    monkeypatch.setattr(remote_module, "MAX_PENDING", 2)
-    store = SQLiteStore(tmp_path / "outbox.sqlite")
-    await store.open()
-    local = CollectingSink()
-    # Failing at first, so the queue fills and later transitions wait in the outbox.
-    remote = FailingRemoteSink(failures=3)
-    pipeline = make_remote_pipeline(store, local, remote, timeout_s=5.0)
-    await pipeline.start(no_resume)
-
-    stream = events()
-    for offset, event in enumerate(stream):
-        await pipeline.process(event, offset)
-    await pipeline.finish(len(stream))
-
-    sent_locally = [n.transition_id for n in local.sent]
-    assert len(sent_locally) >= 8
-    # Every transition reached the remote sink once and in order, in this run.
-    assert [n.transition_id for n in remote.received] == sent_locally
     assert await store.undelivered("default", "default") == []
     await store.close()
 
