@@ -599,6 +599,10 @@ def test_redact_url_masks_secrets() -> None:
         ("file:///etc/passwd", "scheme 'file'"),
         ("example.com/hook", "scheme ''"),
         ("http:///hook", "host is missing"),
+        ("http://[internal/hook", "host contains characters"),
+        ("https://hooks example.com/x", "host contains characters"),
+        ("http://127.0.0.1:99999/hook", "port 99999: use a port from 1 to 65535"),
+        ("http://127.0.0.1:0/hook", "port 0"),
     ],
 )
 def test_webhook_url_validation(url: str, message: str) -> None:

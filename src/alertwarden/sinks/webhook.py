@@ -246,7 +246,7 @@ def _url_secrets(url: httpx.URL) -> list[str]:
 
 
 def parse_webhook_url(url: str) -> httpx.URL:
-    """Return the parsed URL, or raise ConfigError that says what is wrong without the URL."""
+    """Return the parsed URL, or raise ConfigError describing the problem without the URL."""
     # Messages here never repeat the raw value because it may contain credentials.
     try:
         parsed = httpx.URL(url)
@@ -260,6 +260,15 @@ def parse_webhook_url(url: str) -> httpx.URL:
         )
     if not parsed.host:
         raise ConfigError("invalid webhook URL: the host is missing. Use http(s)://host/path")
+    # httpx percent-encodes characters that no host name or address contains, such as a space
+    # or an unclosed bracket, instead of rejecting them.
+    if "%" in parsed.host:
+        raise ConfigError(
+            "invalid webhook URL: the host contains characters that no host name contains. Use"
+            " http(s)://host/path with a host name or an IP address"
+        )
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ConfigError(f"invalid webhook URL port {parsed.port}: use a port from 1 to 65535")
     return parsed
 
 
