@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
+
+import pytest
+import structlog
 
 from alertwarden.service.catalog import GroupId, GroupSpec
+from alertwarden.service import runtime
 from alertwarden.service.runtime import Service
 from alertwarden.settings import Settings
 
@@ -87,3 +92,40 @@ async def test_stop_during_lease_starts_no_evaluator() -> None:
     # The lease taken as the stop arrived goes back at once, and the next group is not tried.
     assert leases.acquired == [("acme", "default")]
     assert leases.released == [("acme", "default")]
+
+
+class EmptyStream:
+    """The part of nats-py's JetStream context that the unknown-tenant count reads."""
+
+    async def stream_info(self, name: str, subjects_filter: str) -> SimpleNamespace:
+        return SimpleNamespace(state=SimpleNamespace(subjects={}))
+
+
+class ConnectedNats:
+    is_connected = True
+
+    def jetstream(self) -> EmptyStream:
+        return EmptyStream()
+
+
+class UnresponsiveStore:
+    """A store whose queries wait, as they do for a pooled connection while the server is down."""
+
+    async def tenant_ids(self) -> set[str]:
+        await asyncio.sleep(3600)
+        return set()
+
+
+async def test_unknown_tenant_count_gives_up_on_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "UNKNOWN_TENANT_COUNT_TIMEOUT_S", 0.05)
+    service = Service(Settings())
+    service.nats = ConnectedNats()  # type: ignore[assignment]
+    service.store = UnresponsiveStore()  # type: ignore[assignment]
+
+    # The supervising loop, which reconnects the lease session, goes on within the bound.
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(10):
+            await service._count_unknown_tenants()
+
+    assert [entry["event"] for entry in logs] == ["unknown_tenant_count_failed"]
+    assert logs[0]["error"] == "TimeoutError"

@@ -53,6 +53,7 @@ NATS_CONNECT_TIMEOUT_S = 5.0
 NATS_FIRST_CONNECT_TIMEOUT_S = 10.0
 METRICS_INTERVAL_S = 5.0
 UNKNOWN_TENANT_LOG_INTERVAL_S = 60.0
+UNKNOWN_TENANT_COUNT_TIMEOUT_S = 5.0
 NATS_ERROR_LOG_INTERVAL_S = 60.0
 """nats-py reports every failed reconnect attempt, every 2 s by default, so an outage logs one
 line per error text in this interval, with the count of those suppressed."""
@@ -360,10 +361,14 @@ class Service:
         if self.nats is None or self.store is None or not self.nats.is_connected:
             return
         try:
-            # NOTE: nats-server returns at most 100,000 subjects (JSMaxSubjectDetails) and nats-py
-            # cannot ask for the next page, so a stream with more subjects is counted in part.
-            info = await self.nats.jetstream().stream_info(self.jetstream.stream, subjects_filter=">")
-            known = await self.store.tenant_ids()
+            # Bounded, because a store that does not respond would hold this loop for the pool
+            # timeout, and with it the lease session's reconnect after an outage.
+            async with asyncio.timeout(UNKNOWN_TENANT_COUNT_TIMEOUT_S):
+                # NOTE: nats-server returns at most 100,000 subjects (JSMaxSubjectDetails) and
+                # nats-py cannot ask for the next page, so a stream with more subjects is counted
+                # in part.
+                info = await self.nats.jetstream().stream_info(self.jetstream.stream, subjects_filter=">")
+                known = await self.store.tenant_ids()
         except (TimeoutError, nats.errors.Error, StoreError) as error:
             log.warning("unknown_tenant_count_failed", error=_describe_error(error))
             return
