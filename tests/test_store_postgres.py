@@ -182,14 +182,14 @@ async def test_flush_deletes_forgotten(store: PostgresStore) -> None:
 async def test_flush_deletes_obsolete_at_any_position(store: PostgresStore) -> None:
     tenant = unique()
     ahead = snapshot("r1", ("ahead",), position=30)
-    kept = snapshot("r1", ("kept",), position=4)
-    await store.flush(tenant, "g", FlushBatch([ahead, kept], [], checkpoint(4)))
+    behind = snapshot("r1", ("behind",), position=4)
+    await store.flush(tenant, "g", FlushBatch([ahead, behind], [], checkpoint(4)))
 
     obsolete = [("r1", ("ahead",)), ("r1", ("never",))]
     await store.flush(tenant, "g", FlushBatch([], [], checkpoint(20), obsolete))
     loaded = await store.load(tenant, "g")
 
-    assert loaded.groups == {"r1": [kept]}
+    assert loaded.groups == {"r1": [behind]}
     assert loaded.checkpoint == checkpoint(20)
 
 
@@ -817,7 +817,7 @@ async def test_ping_times_out_without_connection(pg_store_url: str) -> None:
     pg_store = PostgresStore(pg_store_url, pool_max=1, maintain_interval_s=0)
     await pg_store.open()
     try:
-        # The only connection is busy, as every one is while the server does not answer.
+        # The only connection is busy, as every one is while the server does not respond.
         async with pg_store._connection("hold"):
             with pytest.raises(StoreError, match=r"PostgreSQL did not respond within 0\.2 s"):
                 await pg_store.ping(timeout_s=0.2)

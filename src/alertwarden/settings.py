@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     database_pool_max: int = Field(default=10, ge=1, le=1000)
     """Connections the service keeps to PostgreSQL at most; evaluators and the API share them."""
     database_pool_timeout_s: float = Field(default=30.0, gt=0, le=3600)
-    """Longest wait for a pooled connection before a request fails with 503 (or a flush fails)."""
+    """Maximum wait in seconds for a pooled connection before a request fails with 503 or a flush fails."""
     nats_url: SecretStr = SecretStr(_JETSTREAM_DEFAULTS.url)
     """NATS server URL; secret because it may contain credentials."""
     stream: str = _JETSTREAM_DEFAULTS.stream

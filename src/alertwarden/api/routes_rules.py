@@ -35,7 +35,7 @@ from alertwarden.api.rule_schema import RULE_BODY_SCHEMA
 from alertwarden.engine.records import GroupSnapshot, format_time
 from alertwarden.errors import InvalidValueError, RuleError
 from alertwarden.rules import RuleDefaults, RuleDefinition, RuleFieldErrors, compile_rule
-from alertwarden.rules.model import ID_PATTERN, MAX_TEXT_CHARS
+from alertwarden.rules.model import ID_PATTERN, InvalidEntryError
 from alertwarden.store.checks import check_json_document
 from alertwarden.store.postgres import RuleDeletion
 
@@ -346,32 +346,20 @@ def _validation_details(error: ValidationError, body: dict[str, Any]) -> list[di
         message = str(cause) if isinstance(cause, ValueError) else item["msg"]
         if item["type"] == "extra_forbidden":
             message = f"unknown field {field!r}: remove it; see the rule fields in docs/rules.md"
-        elif len(parts) == 1 and parts[0] in _MAPPING_FIELDS and isinstance(value, dict):
-            # RuleDefinition checks the mapping as a whole, so name the entry that it rejected.
+        elif isinstance(cause, InvalidEntryError) and isinstance(value, dict):
+            # The model checks the mapping as a whole, so the error names the entry it rejected.
             # An empty name gets the field `key in labels`, as check_json_document names a key.
-            key = _invalid_text_entry(value)
+            key = cause.key
             if key == "":
                 parts, field, value = [*parts, key], f"key in {field}", key
-            elif key is not None:
-                parts, field, value = [*parts, key], f"{field}.{key}", value[key]
+            else:
+                parts, field, value = [*parts, key], f"{field}.{key}", value.get(key)
         details.append(_detail(parts, field, message, value))
     return details
 
 
 def _detail(parts: list[str | int], field: str, message: str, value: Any) -> dict[str, Any]:
     return {"loc": ["body", *parts], "field": field, "msg": message, "input": value}
-
-
-def _invalid_text_entry(mapping: dict[str, Any]) -> str | None:
-    """Return the first name of a labels or annotations mapping that RuleDefinition rejects.
-
-    It repeats the checks of RuleDefinition._check_names, which stops at the first entry with an
-    empty name or a value over MAX_TEXT_CHARS characters.
-    """
-    for key, text in mapping.items():
-        if not key or (isinstance(text, str) and len(text) > MAX_TEXT_CHARS):
-            return str(key)
-    return None
 
 
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")

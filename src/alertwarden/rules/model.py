@@ -33,9 +33,8 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_WINDOW_S = 30 * 86400
 MAX_THRESHOLD = 10**9
 MAX_TEXT_CHARS = 4_096
-# The engine keeps about 250 + 4.2 * N bytes per group, N being the rule's number of buckets (as
-# measured in engine/table.py), so 10 million groups of a 60-bucket rule take about 5 GB of
-# memory. A larger cap would not protect a node, which would run out of memory before reaching it.
+# At the 250 + 4.2 * buckets bytes per group measured in engine/table.py, a 60-bucket rule at
+# this cap takes about 5 GB. A larger cap would not protect a node from running out of memory.
 MAX_GROUPS = 10_000_000
 
 
@@ -54,6 +53,14 @@ class RuleFieldErrors(ValueError):
     def __init__(self, problems: list[tuple[str, str]]) -> None:
         super().__init__("; ".join(f"field '{field}': {message}" for field, message in problems))
         self.problems = tuple(problems)
+
+
+class InvalidEntryError(ValueError):
+    """An invalid entry of a labels or annotations mapping; `key` is the entry's name."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 # An optional duration (`DurationSeconds | None`, such as bucket) takes None before this
@@ -157,9 +164,11 @@ class RuleDefinition(BaseModel):
     def _check_names(cls, mapping: dict[str, str]) -> dict[str, str]:
         for key, text in mapping.items():
             if not key:
-                raise ValueError("a label or annotation name must not be empty")
+                raise InvalidEntryError(key, "a label or annotation name must not be empty")
             if len(text) > MAX_TEXT_CHARS:
-                raise ValueError(f"value of {key!r} is {len(text)} characters long, the maximum is {MAX_TEXT_CHARS}")
+                raise InvalidEntryError(
+                    key, f"value of {key!r} is {len(text)} characters long, the maximum is {MAX_TEXT_CHARS}"
+                )
         return mapping
 
     @model_validator(mode="after")
