@@ -91,8 +91,9 @@ def test_settings_rule_files_invalid_tenant(monkeypatch: pytest.MonkeyPatch, ten
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert str(caught.value) == (
-        f"invalid settings: ALERTWARDEN_RULE_FILES: invalid tenant id {tenant!r}: use 1-64"
-        " ASCII letters, digits, '_' or '-', starting with a letter or digit"
+        "invalid settings: ALERTWARDEN_RULE_FILES: entry #1, field tenant:"
+        f" invalid tenant id {tenant!r}: use 1-64 ASCII letters, digits, '_' or '-',"
+        " starting with a letter or digit"
     )
 
 
@@ -157,10 +158,42 @@ def test_settings_webhook_url_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
     message = str(caught.value)
     assert "ALERTWARDEN_BIND_PORT" in message
     assert (
-        "ALERTWARDEN_WEBHOOK_URLS: URL #2: invalid webhook URL scheme 'ftp': use an http:// or"
+        "ALERTWARDEN_WEBHOOK_URLS: entry #2: invalid webhook URL scheme 'ftp': use an http:// or"
         " https:// URL"
     ) in message
     assert "hook-secret" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        (
+            "ALERTWARDEN_WEBHOOK_URLS",
+            '["http://127.0.0.1:9/hook", 5]',
+            "ALERTWARDEN_WEBHOOK_URLS: entry #2: Input should be a valid string",
+        ),
+        (
+            # The variable is set, but its second entry has no tenant.
+            "ALERTWARDEN_RULE_FILES",
+            '[{"tenant": "acme", "path": "a.yaml"}, {"path": "b.yaml"}]',
+            "ALERTWARDEN_RULE_FILES: entry #2, field tenant: missing",
+        ),
+        (
+            "ALERTWARDEN_RULE_FILES",
+            "acme=a.yaml,b.yaml",
+            "ALERTWARDEN_RULE_FILES: entry #2: invalid rule file entry 'b.yaml': write tenant=path",
+        ),
+    ],
+)
+def test_settings_list_entry_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    assert expected in str(caught.value)
 
 
 def test_settings_subject_invalid(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -169,7 +169,7 @@ class Settings(BaseSettings):
             try:
                 parse_webhook_url(url)
             except ConfigError as error:
-                problems.append(f"URL #{number}: {error}")
+                problems.append(f"entry #{number}: {error}")
         if problems:
             raise ValueError("; ".join(problems))
         return urls
@@ -248,12 +248,27 @@ def describe_errors(error: ValidationError) -> str:
                 problems.append(f"{env_name((*detail['loc'], _top_field(field)))}: {message}")
             continue
         message = detail["msg"].removeprefix("Value error, ")
+        entry = _list_entry(detail["loc"])
         if detail["type"] == "missing":
-            message = "missing: set it"
+            message = "missing" if entry else "missing: set it"
         elif detail["type"] == "extra_forbidden":
             message = "unknown setting: remove it or correct its name"
-        problems.append(f"{env_name(detail['loc'])}: {message}")
+        problems.append(f"{env_name(detail['loc'])}: {entry}{message}")
     return "invalid settings: " + "; ".join(problems)
+
+
+def _list_entry(location: tuple[int | str, ...]) -> str:
+    """Return `entry #N: ` or `entry #N, field F: ` for a location inside a list setting.
+
+    One variable contains the whole list, so without this a message could not tell which entry
+    is wrong, and "missing" would read as if the variable itself were unset.
+    """
+    for position, part in enumerate(location):
+        if isinstance(part, int):
+            fields = ".".join(str(name) for name in location[position + 1 :])
+            where = f"entry #{part + 1}"
+            return f"{where}, field {fields}: " if fields else f"{where}: "
+    return ""
 
 
 def describe_settings_error(error: SettingsError) -> str:
