@@ -23,7 +23,13 @@ from alertwarden.api import create_app
 from alertwarden.events import Signal
 from alertwarden.metrics import Metrics
 from alertwarden.sources.jsonl import JsonParser
-from alertwarden.sources.jetstream import JetStreamInput, JetStreamSettings, StreamMessage, published_size
+from alertwarden.sources.jetstream import (
+    JetStreamInput,
+    JetStreamSettings,
+    StreamMessage,
+    message_id,
+    published_size,
+)
 from alertwarden.store.postgres import PostgresStore
 
 NATS_URL = "nats://127.0.0.1:4222"
@@ -131,7 +137,10 @@ async def test_ingest_stores_events(env: Env) -> None:
 
     messages = await stored_messages(env, tenant, 2)
     assert [message.signal for message in messages] == [Signal.LOGS, Signal.EVENTS]
-    assert [message.msg_id for message in messages] == ["log-1", "ocsf-1"]
+    assert [message.msg_id for message in messages] == [
+        message_id(tenant, Signal.LOGS, "log-1"),
+        message_id(tenant, Signal.EVENTS, "ocsf-1"),
+    ]
     assert [json.loads(message.data) for message in messages] == events
 
 
@@ -145,7 +154,7 @@ async def test_ingest_single_object(env: Env) -> None:
     messages = await stored_messages(env, tenant, 1)
     assert len(messages) == 1
     assert messages[0].signal is Signal.EVENTS
-    assert messages[0].msg_id == "7"
+    assert messages[0].msg_id == message_id(tenant, Signal.EVENTS, "7")
 
 
 async def test_ingest_time_without_offset_is_utc(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,6 +190,62 @@ async def test_ingest_duplicate_id(env: Env) -> None:
     assert [json.loads(message.data) for message in messages] == [{"id": "same", "time": AT, "n": 1}, {"time": AT, "n": 3}]
 
 
+async def test_ingest_same_id_other_tenant(env: Env) -> None:
+    first = await create_tenant(env.client)
+    second = await create_tenant(env.client)
+    event = {"id": "1", "time": AT, "kind": "alarm"}
+
+    responses = [
+        await env.client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json=event)
+        for tenant in (first, second)
+    ]
+    as_ocsf = await env.client.post(
+        f"/v1/tenants/{first}/events",
+        headers=ADMIN,
+        json={"id": "1", "class_uid": 3002, "time": 1796378400000},
+    )
+
+    # The stream deduplicates message ids across tenants, so the id is scoped to each.
+    assert [response.json() for response in responses] == [{"accepted": 1, "duplicates": 0}] * 2
+    assert as_ocsf.json() == {"accepted": 1, "duplicates": 0}
+    assert len(await stored_messages(env, second, 1)) == 1
+
+
+async def test_ingest_ids_differing_in_spaces(env: Env) -> None:
+    tenant = await create_tenant(env.client)
+    events = [{"id": value, "time": AT} for value in (" lead", "lead", "x\r\nA", "x  A")]
+
+    response = await env.client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json=events)
+
+    assert response.json() == {"accepted": 4, "duplicates": 0}
+
+
+@pytest.mark.parametrize(
+    ("event", "field", "described"),
+    [
+        ({"id": {"a": 1}}, "id", "an object"),
+        ({"id": [1]}, "id", "an array"),
+        ({"id": True}, "id", "a boolean"),
+        ({"id": 1.5}, "id", "a floating-point number"),
+        ({"id": ""}, "id", "an empty string"),
+        ({"event_id": {"a": 1}}, "event_id", "an object"),
+        ({"metadata": {"uid": [1]}}, "metadata.uid", "an array"),
+    ],
+)
+async def test_ingest_invalid_id_422(
+    env: Env, event: dict[str, object], field: str, described: str
+) -> None:
+    tenant = await create_tenant(env.client)
+    events = [{"id": "ok", "time": AT}, {**event, "time": AT}]
+
+    response = await env.client.post(f"/v1/tenants/{tenant}/events", headers=ADMIN, json=events)
+
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", 1, *field.split(".")]
+    assert detail["msg"].startswith(f"invalid event at index 1: {field} is {described}; use")
+
+
 async def test_ingest_message_size_limit(env: Env) -> None:
     tenant = await create_tenant(env.client)
 
@@ -188,7 +253,7 @@ async def test_ingest_message_size_limit(env: Env) -> None:
         return {"time": AT, "id": f"e{index}", "pad": "x" * pad}
 
     # Pad the event so that its message, headers included, is exactly at the limit.
-    overhead = published_size(env.settings, "e1", orjson.dumps(event(1, 0)))
+    overhead = published_size(env.settings, tenant, Signal.LOGS, "e1", orjson.dumps(event(1, 0)))
     at_limit = event(1, MAX_MESSAGE_BYTES - overhead)
     over_limit = event(2, MAX_MESSAGE_BYTES - overhead)  # "e2" is as long as "e1", plus one pad byte
     over_limit["pad"] = str(over_limit["pad"]) + "x"

@@ -30,6 +30,7 @@ from alertwarden.sources.jetstream import (
     StreamMessage,
     StreamRecord,
     ensure_stream,
+    message_id,
     publish_events,
     publish_subject,
     published_size,
@@ -265,7 +266,8 @@ async def test_publish_dedups_msg_id(server: Server) -> None:
     assert info.state.messages == 3
     async with JetStreamInput(server.js, server.settings, "acme", 0) as source:
         records = await read_all(source)
-    assert [r.msg_id for r in records if isinstance(r, StreamMessage)] == ["ev-1", None, None]
+    msg_ids = [r.msg_id for r in records if isinstance(r, StreamMessage)]
+    assert msg_ids == [message_id("acme", Signal.EVENTS, "ev-1"), None, None]
 
 
 async def test_input_reads_msg_id_header(server: Server) -> None:
@@ -476,9 +478,9 @@ def test_accept_all_matches_accept_per_message() -> None:
 async def test_published_size_matches_server_limit(server: Server) -> None:
     await ensure_stream(server.js, server.settings, tenant_subjects(server.settings, "acme"))
     limit = server.nc.max_payload
-    overhead = published_size(server.settings, "ev-1", b"")
+    overhead = published_size(server.settings, "acme", Signal.LOGS, "ev-1", b"")
     fits = b"x" * (limit - overhead)
-    assert published_size(server.settings, "ev-1", fits) == limit
+    assert published_size(server.settings, "acme", Signal.LOGS, "ev-1", fits) == limit
 
     published = await publish_events(server.js, server.settings, "acme", Signal.LOGS, [("ev-1", fits)])
     assert published[0].duplicate is False

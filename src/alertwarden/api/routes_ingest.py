@@ -105,22 +105,32 @@ class IngestResult(BaseModel):
     """Events whose id JetStream had already stored within the stream's duplicate window."""
 
 
-def event_id(event: dict[str, Any]) -> str | None:
+def event_id(index: int, event: dict[str, Any]) -> str | None:
     """Return the event's id: `id`, else `event_id`, else OCSF `metadata.uid`; None without one.
 
-    A string or an integer counts as an id; other types are ignored.
+    An id is a non-empty string or an integer. Any other value raises 422 naming the event's
+    index and the field, because silently ignoring it would store a client's retry twice.
     """
     metadata = event.get("metadata")
     candidates = (
-        event.get("id"),
-        event.get("event_id"),
-        metadata.get("uid") if isinstance(metadata, dict) else None,
+        ("id", event.get("id")),
+        ("event_id", event.get("event_id")),
+        ("metadata.uid", metadata.get("uid") if isinstance(metadata, dict) else None),
     )
-    for value in candidates:
+    for field_name, value in candidates:
+        if value is None:
+            continue
         if isinstance(value, str) and value:
             return value
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
+        described = "an empty string" if value == "" else json_type(value)
+        raise unprocessable(
+            ["body", index, *field_name.split(".")],
+            f"invalid event at index {index}: {field_name} is {described}; use a non-empty string"
+            " or an integer as the event id, or leave it out",
+            None,
+        )
     return None
 
 
@@ -197,9 +207,11 @@ def json_type(value: object) -> str:
     """Return the JSON name of a decoded value's type, with its article, such as `an array`."""
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return "a number"
-    names = {str: "a string", list: "an array", type(None): "null"}
+    if isinstance(value, float):
+        return "a floating-point number"
+    names = {str: "a string", list: "an array", dict: "an object", type(None): "null"}
     return names.get(type(value), f"a {type(value).__name__}")
 
 
@@ -233,8 +245,8 @@ def ingest_context(request: Request) -> IngestContext:
             " ALERTWARDEN_MAX_MESSAGE_BYTES."
         ),
         422: invalid(
-            "Invalid tenant id, invalid JSON, an invalid event (named by index) or a signal other"
-            " than logs or events."
+            "Invalid tenant id, invalid JSON, an invalid event or event id (named by index) or a"
+            " signal other than logs or events."
         ),
         503: error(
             "No JetStream connection, JetStream did not store the events, or the state store"
@@ -261,8 +273,9 @@ async def ingest_events(
         payload = encode_event(index, event)
         event_kind = event_signal(event) if signal is None else Signal(signal.value)
         check_event(index, event_kind, payload)
-        identifier = event_id(event)
-        check_size(index, published_size(ingest.settings, identifier, payload), ingest.max_message_bytes)
+        identifier = event_id(index, event)
+        size = published_size(ingest.settings, tenant, event_kind, identifier, payload)
+        check_size(index, size, ingest.max_message_bytes)
         batches[event_kind].append((identifier, payload))
 
     accepted = 0

@@ -9,6 +9,7 @@ not the server, stores the position, so the consumer can be dropped and re-creat
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -587,7 +588,20 @@ EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
 """Header that `publish_events` adds (through nats-py's `stream=`), so only this stream stores it."""
 
 
-def published_size(settings: JetStreamSettings, event_id: str | None, payload: bytes) -> int:
+def message_id(tenant: str, signal: Signal, event_id: str) -> str:
+    """Return the `Nats-Msg-Id` of an event: tenant, signal and a digest of the event's id.
+
+    JetStream drops a repeated message id across the whole stream, so the bare event id would
+    let one tenant's event hide another tenant's event of the same id. The digest keeps ids that
+    differ only in spaces or control characters apart, which a header value would not.
+    """
+    digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"{tenant}.{signal.value}.{digest}"
+
+
+def published_size(
+    settings: JetStreamSettings, tenant: str, signal: Signal, event_id: str | None, payload: bytes
+) -> int:
     """Return the bytes that nats-server compares with its max_payload for one publish_events message.
 
     The server counts the header block too, and closes the connection of a client that sends a
@@ -595,7 +609,7 @@ def published_size(settings: JetStreamSettings, event_id: str | None, payload: b
     """
     headers = {EXPECTED_STREAM_HEADER: settings.stream}
     if event_id:
-        headers[MSG_ID_HEADER] = event_id
+        headers[MSG_ID_HEADER] = message_id(tenant, signal, event_id)
     # The header block as nats-py writes it: a version line, one line per header, a blank line.
     block = "NATS/1.0\r\n" + "".join(f"{key}: {value}\r\n" for key, value in headers.items()) + "\r\n"
     return len(block.encode()) + len(payload)
@@ -610,14 +624,16 @@ async def publish_events(
 ) -> list[PublishedEvent]:
     """Publish `(event id, payload)` pairs in order and return after JetStream stored each one.
 
-    An event id becomes the `Nats-Msg-Id` header, so the stream drops a repeat of the same id
-    within its duplicate window; that event is returned with `duplicate=True` and the sequence
-    of the first copy. An event without id is always stored.
+    An event id becomes the `Nats-Msg-Id` header (see message_id), so the stream drops a repeat
+    of the same id, tenant and signal within its duplicate window. That event is returned with
+    `duplicate=True` and the sequence of the first copy. An event without id is always stored.
     """
     subject = publish_subject(settings, tenant, signal)
     results: list[PublishedEvent] = []
     for event_id, data in events:
-        headers: dict[str, Any] | None = {MSG_ID_HEADER: event_id} if event_id else None
+        headers: dict[str, Any] | None = (
+            {MSG_ID_HEADER: message_id(tenant, signal, event_id)} if event_id else None
+        )
         ack = await js.publish(
             subject,
             data,
