@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 
 from alertwarden.errors import StoreError
+from alertwarden.store import postgres
 from alertwarden.store.migrate import migrate, migration_files
 
 ALL_VERSIONS = sorted(migration_files())
@@ -215,3 +217,14 @@ async def test_partition_creation_concurrent(pg_url: str) -> None:
         cursor = await conn.execute("SELECT to_regclass('evaluation_history_20310517') IS NOT NULL")
         row = await cursor.fetchone()
     assert row == (True,)
+
+
+async def test_migrate_silent_server_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The URL sets no connect_timeout, so the store's default applies, shortened here.
+    monkeypatch.setitem(postgres.CONNECTION_DEFAULTS, "connect_timeout", "1")
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+
+        with pytest.raises(StoreError, match="timeout expired"):
+            async with asyncio.timeout(15):
+                await migrate(f"postgresql://postgres@127.0.0.1:{port}/none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -263,6 +264,20 @@ def test_serve_unreachable_postgres(tmp_path: Path, names: ServeNames) -> None:
     # NATS was reachable, and the service closed that connection itself.
     assert "nats_connection_closed" not in result.stderr
     assert "Connection refused. Is the server running" in result.stderr
+
+
+def test_serve_silent_postgres(tmp_path: Path, names: ServeNames) -> None:
+    # A server that accepts connections and never answers, as a hung or half-failed-over one.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        env = serve_env(f"postgresql://postgres@127.0.0.1:{port}/none?connect_timeout=2", names, free_port())
+
+        result = run_serve_once(env)
+
+    assert result.returncode == 2
+    assert "PostgreSQL is not reachable" in result.stderr
+    assert "timeout expired" in result.stderr
+    assert "ALERTWARDEN_DATABASE_URL" in result.stderr
 
 
 def test_serve_unreachable_both_servers(tmp_path: Path, names: ServeNames) -> None:

@@ -23,6 +23,7 @@ import psycopg
 
 from alertwarden.errors import StoreError
 from alertwarden.logs import get_logger
+from alertwarden.store.postgres import connection_defaults
 
 log = get_logger(__name__)
 
@@ -102,7 +103,11 @@ async def migrate(
     files = migration_files()
     applied: list[int] = []
     try:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        # The connection defaults bound the wait on a server that accepts the connection but
+        # never answers, which would otherwise hang the migration, and a start, forever.
+        async with await psycopg.AsyncConnection.connect(
+            url, autocommit=True, **connection_defaults(url)
+        ) as conn:
             # Resolved before any step runs, so a missing extension fails the run before it
             # changes anything.
             resolved = await _resolve_backend(conn, backend)

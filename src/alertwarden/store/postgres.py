@@ -400,7 +400,7 @@ class PostgresStore:
         """
         try:
             conn = await psycopg.AsyncConnection.connect(
-                self._url, connect_timeout=10, prepare_threshold=self._prepare_threshold
+                self._url, prepare_threshold=self._prepare_threshold, **connection_defaults(self._url)
             )
         except psycopg.Error as exc:
             raise StoreError(
