@@ -267,7 +267,7 @@ def test_serve_unreachable_postgres(tmp_path: Path, names: ServeNames) -> None:
 
 
 def test_serve_silent_postgres(tmp_path: Path, names: ServeNames) -> None:
-    # A server that accepts connections and never answers, as a hung or half-failed-over one.
+    # A server that accepts connections and never responds, as a hung or half-failed-over one.
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
         env = serve_env(f"postgresql://postgres@127.0.0.1:{port}/none?connect_timeout=2", names, free_port())

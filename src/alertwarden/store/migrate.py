@@ -104,7 +104,7 @@ async def migrate(
     applied: list[int] = []
     try:
         # The connection defaults bound the wait on a server that accepts the connection but
-        # never answers, which would otherwise hang the migration, and a start, forever.
+        # never responds. Without them the migration, and so a start of serve, would hang.
         async with await psycopg.AsyncConnection.connect(
             url, autocommit=True, **connection_defaults(url)
         ) as conn:
