@@ -270,6 +270,38 @@ async def test_publish_dedups_msg_id(server: Server) -> None:
     assert msg_ids == [message_id("acme", Signal.EVENTS, "ev-1"), None, None]
 
 
+async def test_publish_many_in_order(server: Server) -> None:
+    await ensure_stream(server.js, server.settings, tenant_subjects(server.settings, "acme"))
+    # More than one window of in-flight messages, with a repeated id in the second window.
+    events: list[tuple[str | None, bytes]] = [(f"ev-{n}", b"%d" % n) for n in range(600)]
+    events[400] = ("ev-3", b"again")
+
+    published = await publish_events(server.js, server.settings, "acme", Signal.LOGS, events)
+
+    assert [event.event_id for event in published] == [event_id for event_id, _ in events]
+    assert [event.duplicate for event in published].count(True) == 1
+    assert published[400].duplicate
+    assert published[400].sequence == published[3].sequence
+    stored = [event.sequence for event in published if not event.duplicate]
+    assert stored == list(range(1, 600))
+
+
+async def test_publish_without_ack_times_out(server: Server) -> None:
+    # A core subscriber on a subject that no stream stores: the message is delivered, but
+    # nothing acknowledges it.
+    settings = dataclasses.replace(server.settings, publish_timeout_s=0.5)
+    subject = publish_subject(settings, "acme", Signal.LOGS)
+    silent = await server.nc.subscribe(subject)
+    try:
+        with pytest.raises(TimeoutError):
+            await publish_events(server.js, settings, "acme", Signal.LOGS, [("ev-1", b"{}")])
+    finally:
+        await silent.unsubscribe()
+
+    # The in-flight slot of the message that timed out was freed.
+    assert server.js.publish_async_pending() == 0
+
+
 async def test_input_reads_msg_id_header(server: Server) -> None:
     await ensure_stream(server.js, server.settings, tenant_subjects(server.settings, "acme"))
     subject = publish_subject(server.settings, "acme", Signal.LOGS)

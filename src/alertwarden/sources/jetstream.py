@@ -584,6 +584,9 @@ def publish_subject(settings: JetStreamSettings, tenant: str, signal: Signal) ->
     return ".".join(settings.publish_token if token in ("*", ">") else token for token in tokens)
 
 
+PUBLISH_WINDOW = 256
+"""Maximum messages of one publish_events call awaiting their JetStream acknowledgement."""
+
 EXPECTED_STREAM_HEADER = "Nats-Expected-Stream"
 """Header that `publish_events` adds (through nats-py's `stream=`), so only this stream stores it."""
 
@@ -627,19 +630,33 @@ async def publish_events(
     An event id becomes the `Nats-Msg-Id` header (see message_id), so the stream drops a repeat
     of the same id, tenant and signal within its duplicate window. That event is returned with
     `duplicate=True` and the sequence of the first copy. An event without id is always stored.
+
+    Up to PUBLISH_WINDOW messages are in flight before their acknowledgements are awaited. One
+    round trip per event made a request of 1000 events wait for 1000 turns of the event loop,
+    each of which a busy evaluator could prolong. Raises TimeoutError when the acknowledgements
+    of a window take longer than `publish_timeout_s`.
     """
     subject = publish_subject(settings, tenant, signal)
     results: list[PublishedEvent] = []
-    for event_id, data in events:
-        headers: dict[str, Any] | None = (
-            {MSG_ID_HEADER: message_id(tenant, signal, event_id)} if event_id else None
-        )
-        ack = await js.publish(
-            subject,
-            data,
-            timeout=settings.publish_timeout_s,
-            stream=settings.stream,
-            headers=headers,
-        )
-        results.append(PublishedEvent(event_id, ack.seq, bool(ack.duplicate)))
+    for start in range(0, len(events), PUBLISH_WINDOW):
+        window = events[start : start + PUBLISH_WINDOW]
+        pending: list[asyncio.Future[Any]] = []
+        try:
+            # Each call queues its message on the connection before it returns, so JetStream
+            # receives and stores them in order.
+            for event_id, data in window:
+                headers: dict[str, Any] | None = (
+                    {MSG_ID_HEADER: message_id(tenant, signal, event_id)} if event_id else None
+                )
+                pending.append(
+                    await js.publish_async(subject, data, stream=settings.stream, headers=headers)
+                )
+            async with asyncio.timeout(settings.publish_timeout_s):
+                acks = await asyncio.gather(*pending)
+        finally:
+            # Frees nats-py's in-flight slots of acknowledgements that will not be awaited.
+            for future in pending:
+                future.cancel()
+        for (event_id, _), ack in zip(window, acks, strict=True):
+            results.append(PublishedEvent(event_id, ack.seq, bool(ack.duplicate)))
     return results
