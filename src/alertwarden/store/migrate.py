@@ -23,7 +23,7 @@ import psycopg
 
 from alertwarden.errors import StoreError
 from alertwarden.logs import get_logger
-from alertwarden.store.postgres import connection_defaults
+from alertwarden.store.postgres import with_connection_defaults
 
 log = get_logger(__name__)
 
@@ -106,7 +106,7 @@ async def migrate(
         # The connection defaults bound the wait on a server that accepts the connection but
         # never responds. Without them the migration, and so a start of serve, would hang.
         async with await psycopg.AsyncConnection.connect(
-            url, autocommit=True, **connection_defaults(url)
+            with_connection_defaults(url), autocommit=True
         ) as conn:
             # Resolved before any step runs, so a missing extension fails the run before it
             # changes anything.

@@ -29,7 +29,7 @@ from typing import Any, LiteralString
 import orjson
 import psycopg
 from psycopg.adapt import Dumper
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool
 
@@ -400,7 +400,7 @@ class PostgresStore:
         """
         try:
             conn = await psycopg.AsyncConnection.connect(
-                self._url, prepare_threshold=self._prepare_threshold, **connection_defaults(self._url)
+                with_connection_defaults(self._url), prepare_threshold=self._prepare_threshold
             )
         except psycopg.Error as exc:
             raise StoreError(
@@ -1167,6 +1167,15 @@ def connection_defaults(url: str) -> dict[str, str]:
         # An invalid URL fails at connect with psycopg's own message.
         return dict(CONNECTION_DEFAULTS)
     return {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in url_params}
+
+
+def with_connection_defaults(url: str) -> str:
+    """Return the URL as a conninfo string with the CONNECTION_DEFAULTS it does not set."""
+    try:
+        return make_conninfo(url, **connection_defaults(url))
+    except psycopg.ProgrammingError:
+        # An invalid URL fails at connect with psycopg's own message.
+        return url
 
 
 async def _restart_reconnect(pool: AsyncConnectionPool) -> None:
