@@ -16,7 +16,7 @@ from alertwarden.store.postgres import (
     _RepeatFilter,
     connection_defaults,
 )
-from tests.tcp_proxy import CuttableProxy
+from tcp_proxy import CuttableProxy
 
 
 @pytest.fixture
