@@ -1085,6 +1085,53 @@ async def test_history_filters(client: httpx.AsyncClient, store: PostgresStore) 
     assert bad_cursor.json()["detail"][0]["input"] == "bm9wZQ"
 
 
+async def test_history_time_lowercase_t_and_z(client: httpx.AsyncClient, store: PostgresStore) -> None:
+    tenant = await create_tenant(client)
+    await store.record_transitions(
+        tenant,
+        "default",
+        [
+            transition("r1", "a", NOW_S, TransitionKind.FIRED),
+            transition("r1", "b", NOW_S + 60, TransitionKind.FIRED),
+            transition("r1", "c", NOW_S + 120, TransitionKind.FIRED),
+        ],
+    )
+
+    response = await client.get(
+        f"/v1/tenants/{tenant}/history",
+        params={"since": "2023-11-14t22:14:20z", "until": "2023-11-14t22:15:20z"},
+        headers=ADMIN,
+    )
+
+    assert response.status_code == 200, response.text
+    assert [item["at"] for item in response.json()["items"]] == ["2023-11-14T22:14:20Z"]
+
+
+@pytest.mark.parametrize(
+    ("query", "value", "hint"),
+    [
+        # The '+' is sent unencoded, so the server decodes it as a space.
+        ("since=2023-11-14T22:14:20+02:00", "2023-11-14T22:14:20 02:00", True),
+        ("since=2023-11-14T22:14:20.5+0200", "2023-11-14T22:14:20.5 0200", True),
+        ("since=yesterday", "yesterday", False),
+    ],
+    ids=["unencoded-plus", "unencoded-plus-basic-offset", "not-a-time"],
+)
+async def test_history_time_invalid_hint(
+    client: httpx.AsyncClient, query: str, value: str, hint: bool
+) -> None:
+    tenant = await create_tenant(client)
+
+    response = await client.get(f"/v1/tenants/{tenant}/history?{query}", headers=ADMIN)
+
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["query", "since"]
+    assert detail["input"] == value
+    assert detail["msg"].startswith(f"invalid since {value!r}: use RFC 3339 with a time zone")
+    assert ("percent-encode it as %2B" in detail["msg"]) is hint
+
+
 @pytest.mark.parametrize(
     ("group", "message"),
     [

@@ -205,6 +205,87 @@ def test_settings_subject_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "{tenant}" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("logs_subject", "events_subject", "example"),
+    [
+        ("logs.{tenant}.>", "logs.{tenant}.>", "logs.x.x"),
+        ("app.{tenant}.>", "app.{tenant}.events", "app.x.events"),
+        # Tenant "x" reads events on the subjects where tenant "logs" reads logs.
+        ("{tenant}.logs.>", "x.{tenant}.>", "x.logs.x"),
+    ],
+)
+def test_settings_subjects_overlap(
+    monkeypatch: pytest.MonkeyPatch, logs_subject: str, events_subject: str, example: str
+) -> None:
+    monkeypatch.setenv("ALERTWARDEN_LOGS_SUBJECT", logs_subject)
+    monkeypatch.setenv("ALERTWARDEN_EVENTS_SUBJECT", events_subject)
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert f"ALERTWARDEN_EVENTS_SUBJECT: {events_subject!r} overlaps ALERTWARDEN_LOGS_SUBJECT {logs_subject!r}" in message
+    assert f"A subject such as {example!r} matches both" in message
+
+
+@pytest.mark.parametrize(
+    ("logs_subject", "events_subject"),
+    [
+        ("logs.{tenant}.>", "events.{tenant}.>"),
+        ("app.{tenant}.logs", "app.{tenant}.events"),
+        # A pattern that ends cannot match the longer subjects of the other.
+        ("app.{tenant}", "app.{tenant}.>"),
+    ],
+)
+def test_settings_subjects_disjoint(monkeypatch: pytest.MonkeyPatch, logs_subject: str, events_subject: str) -> None:
+    monkeypatch.setenv("ALERTWARDEN_LOGS_SUBJECT", logs_subject)
+    monkeypatch.setenv("ALERTWARDEN_EVENTS_SUBJECT", events_subject)
+
+    settings = load_settings()
+
+    assert settings.logs_subject == logs_subject
+    assert settings.events_subject == events_subject
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "http://aw:nats-secret@127.0.0.1:4222",
+            "ALERTWARDEN_NATS_URL: unsupported scheme 'http': use nats://, tls://, ws:// or wss://",
+        ),
+        (
+            "NATS://127.0.0.1:4222",
+            "ALERTWARDEN_NATS_URL: unsupported scheme 'NATS': use nats://, tls://, ws:// or wss://",
+        ),
+        (
+            # Text before :// that is no scheme could be credentials, so it is not shown.
+            "aw:nats-secret@host://127.0.0.1",
+            "ALERTWARDEN_NATS_URL: the URL does not start with a valid scheme: use nats://",
+        ),
+    ],
+)
+def test_settings_nats_url_scheme_invalid(monkeypatch: pytest.MonkeyPatch, url: str, expected: str) -> None:
+    monkeypatch.setenv("ALERTWARDEN_NATS_URL", url)
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+
+    message = str(caught.value)
+    assert expected in message
+    assert "nats-secret" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nats://127.0.0.1:4222", "tls://127.0.0.1:4222", "ws://127.0.0.1:8080", "wss://127.0.0.1:443", "127.0.0.1:4222"],
+)
+def test_settings_nats_url_scheme_valid(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("ALERTWARDEN_NATS_URL", url)
+
+    assert load_settings().nats_url.get_secret_value() == url
+
+
 def test_settings_secrets_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALERTWARDEN_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("ALERTWARDEN_DATABASE_URL", "postgresql://aw:pg-password@127.0.0.1/aw")

@@ -32,12 +32,14 @@ from alertwarden.pipeline import DEFAULT_HISTORY_RETENTION_S
 from alertwarden.rules.defaults import RuleDefaults
 from alertwarden.rules.model import RuleFieldErrors
 from alertwarden.sinks.webhook import parse_webhook_url
-from alertwarden.sources.jetstream import JetStreamSettings, validate_tenant
+from alertwarden.sources.jetstream import TENANT_PLACEHOLDER, JetStreamSettings, validate_tenant
 from alertwarden.store.checks import check_json_document
 
 ENV_PREFIX = "ALERTWARDEN_"
 NESTED_DELIMITER = "__"
 MIN_ADMIN_TOKEN_CHARS = 16
+NATS_URL_SCHEMES = ("nats", "tls", "ws", "wss")
+"""URL schemes that nats-py 2.16 connects with. It takes a URL without a scheme as nats://."""
 
 _JETSTREAM_DEFAULTS = JetStreamSettings()
 
@@ -184,6 +186,36 @@ class Settings(BaseSettings):
             raise ValueError(str(error)) from None
         return value
 
+    @field_validator("nats_url")
+    @classmethod
+    def _check_nats_url_scheme(cls, url: SecretStr) -> SecretStr:
+        # nats-py reads any other scheme as a host name, so http://host:4222 fails later with
+        # "Name or service not known". The URL may contain credentials, so only its scheme is shown.
+        scheme, separator, _ = url.get_secret_value().partition("://")
+        if not separator or scheme in NATS_URL_SCHEMES:
+            return url
+        names = [f"{name}://" for name in NATS_URL_SCHEMES]
+        hint = f"use {', '.join(names[:-1])} or {names[-1]}, such as nats://127.0.0.1:4222"
+        if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) is None:
+            raise ValueError(f"the URL does not start with a valid scheme: {hint}")
+        raise ValueError(f"unsupported scheme {scheme!r}: {hint}")
+
+    @field_validator("events_subject")
+    @classmethod
+    def _check_subjects_disjoint(cls, events_subject: str, info: ValidationInfo) -> str:
+        logs_subject = info.data.get("logs_subject")
+        if logs_subject is None:
+            # ALERTWARDEN_LOGS_SUBJECT is invalid, and its own error reports it.
+            return events_subject
+        example = _common_subject(logs_subject, events_subject)
+        if example is not None:
+            raise ValueError(
+                f"{events_subject!r} overlaps {ENV_PREFIX}LOGS_SUBJECT {logs_subject!r}. A subject such as"
+                f" {example!r} matches both, so the signal and tenant of its messages would be ambiguous."
+                " Use patterns that no subject matches both, such as logs.{tenant}.> and events.{tenant}.>"
+            )
+        return events_subject
+
     @field_validator("rule_defaults")
     @classmethod
     def _check_storable(cls, defaults: RuleDefaults) -> RuleDefaults:
@@ -312,3 +344,30 @@ def _belongs_to(variable: str, name: str) -> bool:
 def _top_field(field: str) -> str:
     """Return the first name of a field path such as `group_by[1]` or `labels.team`."""
     return field.split(".", 1)[0].split("[", 1)[0]
+
+
+def _common_subject(first: str, second: str) -> str | None:
+    """Return a subject that both patterns match for some tenants, or None when there is none.
+
+    The tenant placeholder matches any one token, because the patterns of two different tenants
+    must not overlap either. In the example, `x` stands for a token that a wildcard matches.
+    """
+    first_tokens = first.replace(TENANT_PLACEHOLDER, "*").split(".")
+    second_tokens = second.replace(TENANT_PLACEHOLDER, "*").split(".")
+    subject: list[str] = []
+    for index in range(max(len(first_tokens), len(second_tokens))):
+        if index >= len(first_tokens) or index >= len(second_tokens):
+            # One pattern ended while the other requires more tokens, and `>` matches at least one.
+            return None
+        first_token, second_token = first_tokens[index], second_tokens[index]
+        if first_token == ">" or second_token == ">":
+            rest = second_tokens[index:] if first_token == ">" else first_tokens[index:]
+            subject.extend("x" if token in ("*", ">") else token for token in rest)
+            return ".".join(subject)
+        if first_token == "*" and second_token == "*":
+            subject.append("x")
+        elif first_token == "*" or second_token == "*" or first_token == second_token:
+            subject.append(second_token if first_token == "*" else first_token)
+        else:
+            return None
+    return ".".join(subject)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -219,21 +220,27 @@ def rfc3339(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_SPACE_OFFSET = re.compile(r"\d \d{2}:?\d{2}$")
+"""A time followed by a space and an offset, which is what a '+' offset becomes in a query string."""
+
+
 def parse_time(name: str, text: str | None) -> float | None:
     """Parse an RFC 3339 query value into UTC seconds; a value without an offset is rejected."""
     if text is None:
         return None
     try:
-        moment = datetime.fromisoformat(text)
+        # RFC 3339 (section 5.6) allows a lowercase t and z, but fromisoformat of Python 3.11 rejects a lowercase z.
+        moment = datetime.fromisoformat(text.upper())
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
-        raise unprocessable(
-            ["query", name],
-            f"invalid {name} {text!r}: use RFC 3339 with a time zone, such as"
-            " 2026-01-02T03:04:05Z",
-            text,
-        )
+        message = f"invalid {name} {text!r}: use RFC 3339 with a time zone, such as 2026-01-02T03:04:05Z"
+        if _SPACE_OFFSET.search(text):
+            message += (
+                ". A '+' sent unencoded in a query string arrives as a space: percent-encode it as %2B,"
+                " such as 2026-01-02T03:04:05%2B02:00"
+            )
+        raise unprocessable(["query", name], message, text)
     return moment.timestamp()
 
 
