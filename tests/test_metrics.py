@@ -117,6 +117,32 @@ async def test_metrics_counter_reset(pipeline: RuleGroupPipeline) -> None:
     assert sample(metrics, "alertwarden_events_total", tenant="acme", result="matched") == 3
 
 
+async def test_metrics_remove_stopped_gauges(pipeline: RuleGroupPipeline) -> None:
+    metrics = Metrics(clock=lambda: T0 + 100.0)
+    await feed(pipeline, [log_event(T0, "error"), log_event(T0 + 1, "error")])
+    metrics.update_from(pipeline)
+    metrics.set_rule_health("acme", "errors", True)
+    metrics.set_rule_health("acme", "deleted", True)
+
+    # Only the rule "deleted" is gone, so the running rule and its rule group keep their series.
+    metrics.remove_stopped({("acme", "errors")}, {("acme", "main")})
+
+    assert sample(metrics, "alertwarden_rule_healthy", tenant="acme", rule="deleted") is None
+    assert sample(metrics, "alertwarden_rule_healthy", tenant="acme", rule="errors") == 1
+    assert sample(metrics, "alertwarden_live_groups", tenant="acme", rule="errors") == 1
+    assert sample(metrics, "alertwarden_store_ready", tenant="acme", rule_group="main") == 1
+
+    metrics.remove_stopped(set(), set())
+
+    text = metrics.render().decode()
+    assert 'alertwarden_rule_healthy{' not in text
+    assert 'alertwarden_live_groups{' not in text
+    assert 'alertwarden_store_ready{' not in text
+    assert 'alertwarden_input_lag_seconds{' not in text
+    # Counters keep the series of stopped rules.
+    assert sample(metrics, "alertwarden_transitions_total", tenant="acme", rule="errors", kind="fired") == 1
+
+
 def test_metrics_invalid_and_restarts() -> None:
     metrics = Metrics()
     metrics.record_invalid("acme", 3)

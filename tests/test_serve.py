@@ -578,3 +578,23 @@ def test_serve_counts_unknown_tenant_messages(
     metrics = admin.get("/metrics").text
     assert 'alertwarden_unknown_tenant_messages_total{tenant="acme"}' not in metrics
     assert '"event":"unknown_tenant_messages"' in serve.log_path.read_text()
+
+
+def test_serve_deleted_rule_metrics_removed(serve_factory: Callable[..., ServeProcess], names: ServeNames) -> None:
+    serve = serve_factory()
+    admin = serve.client()
+    create_tenant(admin, "acme")
+    wait_until(lambda: rule_status(admin, "acme") == "healthy", 15, "the evaluator")
+    publish(names.logs_subject_of("acme"), [login_failed("m1", "db-01")])
+    live = 'alertwarden_live_groups{rule="ssh-fail",tenant="acme"} 1.0'
+    wait_until(lambda: live in admin.get("/metrics").text, 15, "the rule's live group")
+    assert 'alertwarden_rule_healthy{rule="ssh-fail",tenant="acme"} 1.0' in admin.get("/metrics").text
+
+    assert admin.delete("/v1/tenants/acme/rules/ssh-fail").status_code == 204
+    wait_until(lambda: '"event":"rule_group_state_deleted"' in serve.log_path.read_text(), 15, "the rule group's stop")
+
+    metrics = admin.get("/metrics").text
+    assert 'alertwarden_rule_healthy{rule="ssh-fail"' not in metrics
+    assert 'alertwarden_live_groups{rule="ssh-fail"' not in metrics
+    assert 'alertwarden_store_ready{rule_group=' not in metrics
+    assert 'alertwarden_input_lag_seconds{rule_group=' not in metrics

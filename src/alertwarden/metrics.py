@@ -6,6 +6,8 @@ applications or tests in one process never register the same metric name twice.
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from collections.abc import Callable
 
@@ -39,6 +41,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
         self._seen: dict[tuple[str, ...], float] = {}
+        # The (tenant, rule) and (tenant, rule_group) label values of the gauges that
+        # remove_stopped() drops once this node no longer evaluates them.
+        self._rule_gauges: set[tuple[str, str]] = set()
+        self._group_gauges: set[tuple[str, str]] = set()
         registry = self.registry
 
         self.events = Counter(
@@ -151,6 +157,24 @@ class Metrics:
 
     def set_rule_health(self, tenant: str, rule_id: str, healthy: bool) -> None:
         self.rule_healthy.labels(tenant, rule_id).set(1 if healthy else 0)
+        self._rule_gauges.add((tenant, rule_id))
+
+    def remove_stopped(self, rules: set[tuple[str, str]], rule_groups: set[tuple[str, str]]) -> None:
+        """Remove the gauge series of every rule and rule group not in `rules` and `rule_groups`.
+
+        Both sets contain the (tenant, id) pairs that this node evaluates or reports. Without this, a
+        deleted rule would keep its last value, such as alertwarden_rule_healthy 1, forever.
+        NOTE: counters such as alertwarden_transitions_total keep the series of stopped rules and
+        rule groups until the process ends.
+        """
+        for tenant, rule_id in self._rule_gauges - rules:
+            _remove_series(self.rule_healthy, tenant, rule_id)
+            _remove_series(self.live_groups, tenant, rule_id)
+        self._rule_gauges &= rules
+        for tenant, rule_group in self._group_gauges - rule_groups:
+            _remove_series(self.store_ready, tenant, rule_group)
+            _remove_series(self.input_lag, tenant, rule_group)
+        self._group_gauges &= rule_groups
 
     def render(self) -> bytes:
         """Return every metric in the Prometheus text format."""
@@ -198,6 +222,7 @@ class Metrics:
                 key = ("transitions", tenant, group, rule_id, kind)
                 self._add(self.transitions.labels(tenant, rule_id, kind), key, count)
             self.live_groups.labels(tenant, rule_id).set(evaluator.group_count(rule_id))
+            self._rule_gauges.add((tenant, rule_id))
             rule = pipeline.rules.get(rule_id)
             if rule is not None:
                 key = ("regex_timeouts", tenant, group, rule_id, "")
@@ -205,6 +230,7 @@ class Metrics:
 
         self._update_flushes(pipeline)
         self.store_ready.labels(tenant, group).set(1 if pipeline.ready else 0)
+        self._group_gauges.add((tenant, group))
         if evaluator.now is not None:
             self.input_lag.labels(tenant, group).set(max(0.0, self._clock() - evaluator.now))
 
@@ -233,3 +259,10 @@ class Metrics:
         delta = self._delta(key, value)
         if delta > 0:
             counter.inc(delta)
+
+
+def _remove_series(gauge: Gauge, *label_values: str) -> None:
+    # A rule reported only as invalid never had live_groups set. The installed prometheus_client
+    # ignores a missing series, but its code did not always check, so KeyError is suppressed.
+    with contextlib.suppress(KeyError):
+        gauge.remove(*label_values)

@@ -12,16 +12,20 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import secrets
 import signal
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import psycopg
 import uvicorn
 from psycopg import sql
@@ -57,6 +61,8 @@ UNKNOWN_TENANT_COUNT_TIMEOUT_S = 5.0
 NATS_ERROR_LOG_INTERVAL_S = 60.0
 """nats-py reports every failed reconnect attempt, every 2 s by default, so an outage logs one
 line per error text in this interval, with the count of those suppressed."""
+JS_STREAM_SUBJECT_OVERLAP = 10065
+"""JetStream's err_code (JSStreamSubjectOverlapErr) for stream subjects that another stream captures."""
 
 
 class DiscardSink:
@@ -515,9 +521,13 @@ class Service:
             for rule in worker.rules:
                 status = self.rule_health(worker.tenant, rule.id)["status"]
                 self.metrics.set_rule_health(worker.tenant, rule.id, status in ("healthy", "starting"))
+        reported = {(worker.tenant, rule.id) for worker in self.workers.values() for rule in worker.rules}
         if self.catalog is not None:
             for tenant, rule_id in self.catalog.problems:
                 self.metrics.set_rule_health(tenant, rule_id, False)
+            reported |= set(self.catalog.problems)
+        # Deleted rules, and rule groups stopped or handed over, lose their gauge series here.
+        self.metrics.remove_stopped(reported, set(self.workers))
 
     # ------------------------------------------------------------ connections
 
@@ -656,15 +666,45 @@ class Service:
         self._stop.set()
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
+        subjects = self._stream_subjects()
         try:
-            await ensure_stream(js, self.jetstream, self._stream_subjects())
-        except (TimeoutError, nats.errors.Error) as error:
+            await ensure_stream(js, self.jetstream, subjects)
+        except nats.js.errors.APIError as error:
+            if error.err_code != JS_STREAM_SUBJECT_OVERLAP:
+                raise ConfigError(self._stream_failure(error)) from None
+            owner = await self._stream_owner(js, subjects)
+            owner_name = f"stream {owner!r}" if owner else "another stream"
+            settings = self.jetstream
             raise ConfigError(
-                f"JetStream stream {self.jetstream.stream!r} could not be created or updated: "
-                f"{str(error) or type(error).__name__}. Check that nats-server runs with JetStream "
-                "(-js) and has storage for ALERTWARDEN_STREAM_MAX_BYTES, or point ALERTWARDEN_STREAM "
-                "at an existing stream"
+                f"JetStream stream {settings.stream!r} could not be created or updated:"
+                f" {owner_name} already captures subjects of"
+                f" ALERTWARDEN_LOGS_SUBJECT {settings.logs_subject!r} or ALERTWARDEN_EVENTS_SUBJECT"
+                f" {settings.events_subject!r}, and JetStream stores a subject in one stream only."
+                " Choose subject patterns that no other stream captures, or set ALERTWARDEN_STREAM to"
+                " the stream that owns them only if that stream is meant for alertwarden"
             ) from None
+        except (TimeoutError, nats.errors.Error) as error:
+            raise ConfigError(self._stream_failure(error)) from None
+
+    def _stream_failure(self, error: Exception) -> str:
+        return (
+            f"JetStream stream {self.jetstream.stream!r} could not be created or updated: "
+            f"{str(error) or type(error).__name__}. Check that nats-server runs with JetStream "
+            "(-js) and has storage for ALERTWARDEN_STREAM_MAX_BYTES, or point ALERTWARDEN_STREAM "
+            "at an existing stream"
+        )
+
+    async def _stream_owner(self, js: JetStreamContext, subjects: list[str]) -> str | None:
+        """Return the name of another stream that captures one of `subjects`, or None if none is found."""
+        for subject in subjects:
+            try:
+                owner = await js.find_stream_name_by_subject(subject)
+            except (TimeoutError, nats.errors.Error):
+                # Without the name, the error message reads "another stream" instead.
+                continue
+            if owner != self.jetstream.stream:
+                return owner
+        return None
 
     def _stream_subjects(self) -> list[str]:
         # The stream takes every tenant's subjects; each worker reads only its own tenant's.
@@ -721,7 +761,8 @@ def tune_gc() -> None:
 def admin_token(settings: Settings) -> str:
     """Return the admin token: the setting, else the token file, created with a random token.
 
-    The file is created with mode 0600 and its path is logged, never the token.
+    The file is created with mode 0600 and its path is logged, never the token. An existing file
+    that the group or other users may access is still used, with a warning.
     """
     if settings.admin_token is not None:
         return settings.admin_token.get_secret_value()
@@ -743,6 +784,7 @@ def admin_token(settings: Settings) -> str:
         return token
     except OSError as error:
         raise ConfigError(f"cannot read the admin token file {str(path)!r}: {error.strerror}") from None
+    _check_token_file_mode(path)
     if len(token) < MIN_ADMIN_TOKEN_CHARS:
         raise ConfigError(
             f"the admin token in {str(path)!r} has {len(token)} characters: use at least "
@@ -751,11 +793,28 @@ def admin_token(settings: Settings) -> str:
     return token
 
 
+def _check_token_file_mode(path: Path) -> None:
+    """Log a warning when users other than the file's owner may access the admin token file."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        # The file was read a moment ago, so it was removed since and has no mode left to check.
+        return
+    if mode & 0o077:
+        log.warning(
+            "admin_token_file_permissions",
+            path=str(path.resolve()),
+            mode=f"{mode:04o}",
+            note="the group or other users may access the admin token; run chmod 600 on the file",
+        )
+
+
 async def create_database_if_missing(url: str) -> None:
     """Create the database of `url` when the server reports that it does not exist.
 
-    Connects to the server's `postgres` database to do so, with the same credentials. Any
-    other connection failure is left for the migration runner to report.
+    Connects to the server's `postgres` database to do so, with the same credentials. Raises
+    ConfigError when the server rejects the login (unknown role, wrong or missing password, no
+    pg_hba.conf entry). Any other connection failure is left for the migration runner to report.
     """
     try:
         conninfo_to_dict(url)
@@ -765,17 +824,25 @@ async def create_database_if_missing(url: str) -> None:
             "invalid ALERTWARDEN_DATABASE_URL: expected postgresql://user:password@host:port/database "
             "or a libpq conninfo string such as 'host=... dbname=...'"
         ) from None
+    info = conninfo_to_dict(url)
+    name = str(info.get("dbname") or "")
     try:
         conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
     except psycopg.OperationalError as error:
-        if "does not exist" not in str(error):
+        message = str(error)
+        if _LOGIN_REJECTED.search(message):
+            raise ConfigError(
+                f"PostgreSQL rejected the login: {_one_line(message)} Check the user name and "
+                "password in ALERTWARDEN_DATABASE_URL"
+            ) from None
+        # psycopg 3.3 sets no sqlstate on a connection failure, so the missing database
+        # (SQLSTATE 3D000) is recognised by the server's message, quoted as the server sends it.
+        # NOTE: a server whose lc_messages is not English words it differently, and then the
+        # migration runner reports the missing database instead of this function creating it.
+        if not name or f'database "{name}" does not exist' not in message:
             return
     else:
         await conn.close()
-        return
-    info = conninfo_to_dict(url)
-    name = str(info.get("dbname") or "")
-    if not name:
         return
     info["dbname"] = "postgres"
     try:
@@ -786,6 +853,13 @@ async def create_database_if_missing(url: str) -> None:
     except psycopg.Error as error:
         raise StoreError(f"database {name!r} does not exist and could not be created: {error}") from None
     log.info("database_created", database=name)
+
+
+_LOGIN_REJECTED = re.compile(
+    r'role "[^"]*" does not exist|password authentication failed for user'
+    r"|no password supplied|no pg_hba\.conf entry"
+)
+"""libpq and server messages of a connection that the server rejected for its credentials."""
 
 
 def _stop_timed_out() -> None:
