@@ -418,6 +418,24 @@ async def test_rule_put_get_delete(client: httpx.AsyncClient) -> None:
     assert gone.status_code == 404
 
 
+async def test_rule_version_continues_after_delete(client: httpx.AsyncClient) -> None:
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/failed-logins"
+    await client.put(path, headers=ADMIN, json=RULE)
+    second = await client.put(path, headers=ADMIN, json={**RULE, "threshold": 4})
+
+    deleted = await client.delete(path, headers=ADMIN)
+    created = await client.put(path, headers=ADMIN, json={**RULE, "threshold": 7})
+    stale = await client.put(path, headers={**ADMIN, "If-Match": second.headers["etag"]}, json=RULE)
+
+    assert deleted.status_code == 204
+    # A version never names two definitions, so the ETag read before the delete is stale.
+    assert created.headers["etag"] == '"3"'
+    assert created.json()["version"] == 3
+    assert stale.status_code == 412
+    assert (await client.get(path, headers=ADMIN)).json()["definition"]["threshold"] == 7
+
+
 @pytest.mark.parametrize(
     ("body", "field", "value"),
     [
@@ -637,13 +655,12 @@ async def test_rule_concurrent_delete_put(client: httpx.AsyncClient) -> None:
         assert deleted.status_code == 204, path
         assert put.status_code == 200, path
         # Either the PUT replaced version 1 and the DELETE then removed the rule, or the DELETE
-        # ran first and the PUT created the rule again at version 1.
+        # ran first and the PUT created the rule again, continuing from the deleted version 1.
+        assert put.headers["etag"] == '"2"', path
         if stored[n].status_code == 200:
-            assert put.headers["etag"] == '"1"', path
-            assert stored[n].json()["version"] == 1, path
+            assert stored[n].json()["version"] == 2, path
         else:
             assert stored[n].status_code == 404, path
-            assert put.headers["etag"] == '"2"', path
 
 
 async def test_rule_delete_waits_for_concurrent_update(

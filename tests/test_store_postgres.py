@@ -495,6 +495,37 @@ async def test_sync_rules_disables_missing(store: PostgresStore) -> None:
     assert rows == [("r1", True, 2, {"t": 9}), ("r2", False, 2, {"t": 2})]
 
 
+async def test_rule_version_kept_across_delete(store: PostgresStore) -> None:
+    tenant = unique()
+    await store.create_tenant(tenant)
+    for threshold in (1, 2):
+        await store.put_api_rule(tenant, "r1", "g", {"threshold": threshold}, True)
+    await store.delete_rule_definition(tenant, "r1")
+    await store.sync_rules(tenant, "g", [("r1", {"threshold": 3}, True)])
+    await store.delete_rule_definition(tenant, "r1", expected_version=3)
+
+    recreated = await store.put_api_rule(tenant, "r1", "g", {"threshold": 4}, True)
+
+    assert recreated == 4
+    assert await _rule_rows(store_url(store), tenant) == [("r1", True, 4, {"threshold": 4})]
+
+
+async def test_rule_version_concurrent_delete_create(store: PostgresStore) -> None:
+    tenant = unique()
+    await store.create_tenant(tenant)
+    seen = [await store.put_api_rule(tenant, "r1", "g", {"round": 0}, True)]
+
+    for round_number in range(1, 21):
+        _, created = await asyncio.gather(
+            store.delete_rule_definition(tenant, "r1"),
+            store.put_api_rule(tenant, "r1", "g", {"round": round_number}, True),
+        )
+        seen.append(created)
+
+    # Whichever ran first, the creation continues from the version before it.
+    assert seen == sorted(set(seen))
+
+
 async def _rule_rows(url: str, tenant: str) -> list[tuple[object, ...]]:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cursor = await conn.execute(

@@ -202,11 +202,14 @@ _HISTORY_COLUMNS: LiteralString = (
     " delivered"
 )
 
+# A rule that was deleted continues from its last version, kept in rule_deletions.
 _SYNC_RULES: LiteralString = """
-INSERT INTO rule_definitions (tenant_id, rule_id, rule_group, definition, enabled, source)
-SELECT %(tenant)s, r.rule_id, %(rule_group)s, r.definition::jsonb, r.enabled, %(source)s
+INSERT INTO rule_definitions (tenant_id, rule_id, rule_group, definition, enabled, source, version)
+SELECT %(tenant)s, r.rule_id, %(rule_group)s, r.definition::jsonb, r.enabled, %(source)s,
+    1 + coalesce(d.version, 0)
 FROM unnest(%(rule_id)s::text[], %(definition)s::text[], %(enabled)s::boolean[])
     AS r(rule_id, definition, enabled)
+LEFT JOIN rule_deletions AS d ON d.tenant_id = %(tenant)s AND d.rule_id = r.rule_id
 ON CONFLICT (tenant_id, rule_id) DO UPDATE SET
     rule_group = excluded.rule_group,
     definition = excluded.definition,
@@ -1033,16 +1036,18 @@ class PostgresStore:
         encoded = _encode_json(f"definition of rule {preview(rule_id)}", definition)
         async with self._transaction("put_api_rule") as conn:
             if expected_version is None:
+                await _lock_rule_id(conn, tenant, rule_id)
                 cursor = await conn.execute(
                     "INSERT INTO rule_definitions"
-                    " (tenant_id, rule_id, rule_group, definition, enabled, source)"
-                    " VALUES (%s, %s, %s, %s::jsonb, %s, 'api')"
+                    " (tenant_id, rule_id, rule_group, definition, enabled, source, version)"
+                    " VALUES (%s, %s, %s, %s::jsonb, %s, 'api', 1 + coalesce((SELECT version"
+                    " FROM rule_deletions WHERE tenant_id = %s AND rule_id = %s), 0))"
                     " ON CONFLICT (tenant_id, rule_id) DO UPDATE SET"
                     " rule_group = excluded.rule_group, definition = excluded.definition,"
                     " enabled = excluded.enabled, source = 'api',"
                     " version = rule_definitions.version + 1, updated_at = now()"
                     " RETURNING version",
-                    (tenant, rule_id, rule_group, encoded, enabled),
+                    (tenant, rule_id, rule_group, encoded, enabled, tenant, rule_id),
                 )
             else:
                 cursor = await conn.execute(
@@ -1072,8 +1077,16 @@ class PostgresStore:
         if expected_version is not None:
             params.append(check_int("expected_version", expected_version, 0, _INT32_MAX))
         async with self._transaction("delete_rule_definition") as conn:
+            await _lock_rule_id(conn, tenant, rule_id)
+            # The deleted version is kept, so that a definition created again continues from it.
             cursor = await conn.execute(
-                "DELETE FROM rule_definitions WHERE tenant_id = %s AND rule_id = %s" + clause,
+                "WITH deleted AS (DELETE FROM rule_definitions WHERE tenant_id = %s AND rule_id = %s"
+                + clause
+                + " RETURNING tenant_id, rule_id, version)"
+                " INSERT INTO rule_deletions (tenant_id, rule_id, version)"
+                " SELECT tenant_id, rule_id, version FROM deleted"
+                " ON CONFLICT (tenant_id, rule_id) DO UPDATE SET"
+                " version = excluded.version, deleted_at = now()",
                 params,
             )
             if cursor.rowcount == 1:
@@ -1157,6 +1170,22 @@ class PostgresStore:
 
 async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
     conn.adapters.register_dumper(_BinaryArray, _BinaryArrayDumper)
+
+
+RULE_ID_LOCK_CLASS = 0x4157_5244
+"""First key of the transaction advisory lock that a rule's creation and deletion take."""
+
+
+async def _lock_rule_id(conn: psycopg.AsyncConnection, tenant: str, rule_id: str) -> None:
+    """Serialize the creation and the deletion of one rule id until the transaction ends.
+
+    A creation that waited for a concurrent deletion then reads the deleted version in its own
+    statement's snapshot, so it continues from that version instead of starting again at 1.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(%s::int4, hashtext(%s))",
+        (RULE_ID_LOCK_CLASS, f"{tenant}/{rule_id}"),
+    )
 
 
 def connection_defaults(url: str) -> dict[str, str]:

@@ -223,3 +223,16 @@ CREATE TABLE rule_group_leases (
 COMMENT ON TABLE rule_group_leases IS 'Fencing epoch of each leased tenant + rule group.';
 COMMENT ON COLUMN rule_group_leases.epoch IS 'Number of times a node took the lease; a write carries the epoch it was taken at.';
 COMMENT ON COLUMN rule_group_leases.acquired_at IS 'Time the current holder took the lease.';
+
+-- The last version of each deleted rule definition (migration 0006), from which a definition
+-- created again under the same id continues, so a version never names two definitions.
+CREATE TABLE rule_deletions (
+    tenant_id text NOT NULL,
+    rule_id text NOT NULL,
+    version integer NOT NULL CHECK (version >= 1),
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, rule_id)
+);
+COMMENT ON TABLE rule_deletions IS 'Last version of each deleted rule definition, from which a new definition of the same id continues.';
+COMMENT ON COLUMN rule_deletions.version IS 'Version of the definition when it was deleted.';
+COMMENT ON COLUMN rule_deletions.deleted_at IS 'Time of the deletion.';
