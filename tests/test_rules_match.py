@@ -1,12 +1,22 @@
 """The compiled match filter: operators, combinators and captures."""
 
 import json
+import time
 from typing import Any
 
 import pytest
 
 from alertwarden.rules import load_rules_text
-from alertwarden.rules.match import NO_CAPTURES, REGEX_INPUT_MAX_CHARS, FilterError, compile_filter
+from alertwarden.rules.match import (
+    NO_CAPTURES,
+    REGEX_INPUT_MAX_CHARS,
+    REGEX_REPEAT_TIMEOUT_S,
+    REGEX_REPEAT_WINDOW_S,
+    REGEX_TIMEOUT_S,
+    FilterError,
+    RegexTimeoutCounter,
+    compile_filter,
+)
 from alertwarden.rules.preview import preview
 
 EVENT: dict[str, Any] = {
@@ -422,6 +432,30 @@ def test_regex_timeout_counts_no_match() -> None:
     compiled = compile_filter({"field": "body", "regex": "(a|aa)+$"})
     assert compiled.matcher({"body": CATASTROPHIC}) is None
     assert compiled.regex_timeouts.count == 1
+    assert compiled.matcher({"body": "aaaa"}) is NO_CAPTURES
+    assert compiled.regex_timeouts.count == 1
+
+
+def test_regex_limit_shorter_after_timeout() -> None:
+    counter = RegexTimeoutCounter()
+    assert counter.limit_s(1000.0) == REGEX_TIMEOUT_S
+
+    counter.record(1000.0)
+
+    assert counter.count == 1
+    assert counter.limit_s(1000.0) == REGEX_REPEAT_TIMEOUT_S
+    assert counter.limit_s(1000.0 + REGEX_REPEAT_WINDOW_S - 0.5) == REGEX_REPEAT_TIMEOUT_S
+    assert counter.limit_s(1000.0 + REGEX_REPEAT_WINDOW_S) == REGEX_TIMEOUT_S
+
+
+def test_regex_timeout_sets_shorter_limit() -> None:
+    compiled = compile_filter({"field": "body", "regex": "(a|aa)+$"})
+    assert compiled.matcher({"body": CATASTROPHIC}) is None
+
+    limit = compiled.regex_timeouts.limit_s(time.monotonic())
+
+    assert limit == REGEX_REPEAT_TIMEOUT_S
+    # An ordinary value still matches within the shorter limit.
     assert compiled.matcher({"body": "aaaa"}) is NO_CAPTURES
     assert compiled.regex_timeouts.count == 1
 
