@@ -496,9 +496,13 @@ def test_serve_rule_file_reload(
 
     wait_until(lambda: status() == "healthy", 15, "the file rule's evaluator")
 
+    valid = 'alertwarden_rule_files_valid{tenant="acme"} 1.0'
+    invalid = 'alertwarden_rule_files_valid{tenant="acme"} 0.0'
+    assert valid in admin.get("/metrics").text
+
     # An invalid file is rejected as a whole; version 1 stays in force.
     rules.write_text("- id: file-rule\n  threshold: many\n")
-    time.sleep(1.5)
+    wait_until(lambda: invalid in admin.get("/metrics").text, 15, "the rejection in the metrics")
     assert admin.get("/v1/tenants/acme/rules/file-rule").json()["version"] == 1
     assert '"event":"rule_file_rejected"' in serve.log_path.read_text()
 
@@ -508,6 +512,7 @@ def test_serve_rule_file_reload(
         "  threshold: 2\n  window: 2m\n  bucket: 10s\n"
     )
     wait_until(lambda: admin.get("/v1/tenants/acme/rules/file-rule").json()["version"] == 2, 15, "the reload")
+    assert valid in admin.get("/metrics").text
     wait_until(lambda: status() == "healthy", 15, "the evaluator with version 2")
     publish(names.logs_subject_of("acme"), [login_failed(f"f{i}", "web-01") for i in range(2)])
     fired = wait_until(lambda: history(admin, "acme", kind="fired"), 20, "the alert of version 2")

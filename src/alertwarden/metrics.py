@@ -149,6 +149,14 @@ class Metrics:
             registry=registry,
         )
 
+        self.rule_files_valid = Gauge(
+            "alertwarden_rule_files_valid",
+            "1 when the last read of a tenant's rule files (ALERTWARDEN_RULE_FILES) loaded them,"
+            " 0 when one of them was invalid or unreadable and none of them was applied.",
+            ["tenant"],
+            registry=registry,
+        )
+
     def record_skipped_total(self, tenant: str, rule_group: str, reason: str, total: int) -> None:
         """Set the skipped-record counter of a rule group and reason to its cumulative `total`."""
         key = ("records_skipped", tenant, rule_group, reason)

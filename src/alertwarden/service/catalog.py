@@ -59,6 +59,8 @@ class RuleCatalog:
     compiled without them, because an API PUT stores its rule with them filled in."""
     problems: dict[tuple[str, str], RuleProblem] = field(default_factory=dict)
     """(tenant, rule id) -> the problem of its current stored definition."""
+    rule_files_valid: dict[str, bool] = field(default_factory=dict)
+    """Tenant -> whether the last read of its rule files loaded them."""
     _compiled: dict[tuple[str, str], tuple[int, str, CompiledRule]] = field(default_factory=dict)
     _file_stamps: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     _invalid_tenants: set[str] = field(default_factory=set)
@@ -86,11 +88,19 @@ class RuleCatalog:
                 for entry in entries:
                     rules.extend(load_rules_file(entry.path, self.rule_defaults))
             except RuleError as error:
-                log.error("rule_file_rejected", tenant=tenant, error=str(error), note="previous rules stay in force")
+                log.error(
+                    "rule_file_rejected",
+                    tenant=tenant,
+                    error=str(error),
+                    note="the tenant's file rules stay as they were stored, none if the files never"
+                    " loaded; fix the file, which is read again when it changes",
+                )
                 self._file_stamps.update(stamps)
+                self.rule_files_valid[tenant] = False
                 continue
             await self._store_file_rules(tenant, rules)
             self._file_stamps.update(stamps)
+            self.rule_files_valid[tenant] = True
             synced = True
             log.info("rule_files_loaded", tenant=tenant, files=len(entries), rules=len(rules))
         return synced

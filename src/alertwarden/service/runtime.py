@@ -526,6 +526,8 @@ class Service:
             for tenant, rule_id in self.catalog.problems:
                 self.metrics.set_rule_health(tenant, rule_id, False)
             reported |= set(self.catalog.problems)
+            for tenant, valid in self.catalog.rule_files_valid.items():
+                self.metrics.rule_files_valid.labels(tenant).set(1 if valid else 0)
         # Deleted rules, and rule groups stopped or handed over, lose their gauge series here.
         self.metrics.remove_stopped(reported, set(self.workers))
 
