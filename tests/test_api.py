@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gzip
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -728,6 +729,25 @@ async def test_body_too_large_chunked(client: httpx.AsyncClient) -> None:
     assert response.status_code == 413
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "GZIP", "deflate, gzip"])
+async def test_compressed_body_415(client: httpx.AsyncClient, encoding: str) -> None:
+    document = (await client.get("/openapi.json")).json()
+    tenant = await create_tenant(client)
+    path = f"/v1/tenants/{tenant}/rules/r1"
+
+    response = await client.put(
+        path, headers={**ADMIN, "Content-Encoding": encoding}, content=gzip.compress(b'{"threshold": 3}')
+    )
+    plain = await client.put(path, headers={**ADMIN, "Content-Encoding": "identity"}, json=RULE)
+
+    assert response.status_code == 415
+    expected = f"unsupported Content-Encoding {encoding.lower()!r}: send the request body uncompressed"
+    assert response.json() == {"detail": expected}
+    schema = response_schema(document, "put", "/v1/tenants/{tenant}/rules/{rule_id}", "415")
+    assert schema_problems(response.json(), schema, document) == []
+    assert plain.status_code == 200
+
+
 async def test_body_too_large_without_body_route(client: httpx.AsyncClient) -> None:
     document = (await client.get("/openapi.json")).json()
     tenant = new_tenant()
@@ -1285,28 +1305,28 @@ async def test_openapi_events_request_body(client: httpx.AsyncClient) -> None:
 
 # Status codes that each operation's handler and dependencies can return, besides FastAPI's own
 # 405 and the like. 401 comes from the bearer check, 404 from the tenant check, 422 from the path,
-# query and body checks, 413 from the body size limit, which applies to every request, and 503
+# query and body checks, 413 and 415 from the body checks, which apply to every request, and 503
 # from the store's error handler.
 EXPECTED_STATUS_CODES = {
-    ("get", "/healthz"): {"200", "413"},
-    ("get", "/readyz"): {"200", "413", "503"},
-    ("get", "/metrics"): {"200", "401", "403", "413", "503"},
-    ("put", "/v1/tenants/{tenant}"): {"200", "201", "401", "403", "404", "413", "422", "503"},
-    ("get", "/v1/tenants/{tenant}"): {"200", "401", "404", "413", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/features/stateful-rules"): {"200", "401", "404", "413", "422", "503"},
+    ("get", "/healthz"): {"200", "413", "415"},
+    ("get", "/readyz"): {"200", "413", "415", "503"},
+    ("get", "/metrics"): {"200", "401", "403", "413", "415", "503"},
+    ("put", "/v1/tenants/{tenant}"): {"200", "201", "401", "403", "404", "413", "415", "422", "503"},
+    ("get", "/v1/tenants/{tenant}"): {"200", "401", "404", "413", "415", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/features/stateful-rules"): {"200", "401", "404", "413", "415", "422", "503"},
     ("put", "/v1/tenants/{tenant}/features/stateful-rules"):
-        {"200", "401", "403", "404", "413", "422", "503"},
-    ("post", "/v1/tenants/{tenant}/tokens"): {"201", "401", "403", "404", "413", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/tokens"): {"200", "401", "403", "404", "413", "422", "503"},
+        {"200", "401", "403", "404", "413", "415", "422", "503"},
+    ("post", "/v1/tenants/{tenant}/tokens"): {"201", "401", "403", "404", "413", "415", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/tokens"): {"200", "401", "403", "404", "413", "415", "422", "503"},
     ("delete", "/v1/tenants/{tenant}/tokens/{token_id}"):
-        {"204", "401", "403", "404", "413", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/rules"): {"200", "401", "404", "413", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/rules/{rule_id}"): {"200", "401", "404", "413", "422", "503"},
-    ("put", "/v1/tenants/{tenant}/rules/{rule_id}"): {"200", "401", "404", "412", "413", "422", "503"},
-    ("delete", "/v1/tenants/{tenant}/rules/{rule_id}"): {"204", "401", "404", "412", "413", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/rules/{rule_id}/groups"): {"200", "401", "404", "413", "422", "503"},
-    ("get", "/v1/tenants/{tenant}/history"): {"200", "401", "404", "413", "422", "503"},
-    ("post", "/v1/tenants/{tenant}/events"): {"202", "401", "404", "413", "422", "503"},
+        {"204", "401", "403", "404", "413", "415", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/rules"): {"200", "401", "404", "413", "415", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/rules/{rule_id}"): {"200", "401", "404", "413", "415", "422", "503"},
+    ("put", "/v1/tenants/{tenant}/rules/{rule_id}"): {"200", "401", "404", "412", "413", "415", "422", "503"},
+    ("delete", "/v1/tenants/{tenant}/rules/{rule_id}"): {"204", "401", "404", "412", "413", "415", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/rules/{rule_id}/groups"): {"200", "401", "404", "413", "415", "422", "503"},
+    ("get", "/v1/tenants/{tenant}/history"): {"200", "401", "404", "413", "415", "422", "503"},
+    ("post", "/v1/tenants/{tenant}/events"): {"202", "401", "404", "413", "415", "422", "503"},
 }
 SCHEMAS = "#/components/schemas/"
 

@@ -16,7 +16,7 @@ from alertwarden.api.auth import admin_digest
 from alertwarden.api.deps import ApiContext, ServiceHooks
 from alertwarden.api.error_handlers import add_error_handlers
 from alertwarden.api.models import Health
-from alertwarden.api.responses import BODY_TOO_LARGE
+from alertwarden.api.responses import BODY_REJECTED
 from alertwarden.errors import ConfigError, StoreError
 from alertwarden.logs import get_logger
 from alertwarden.metrics import Metrics
@@ -68,8 +68,8 @@ def create_app(
         title="alertwarden",
         summary="Tenants, rules, group state and transition history of alertwarden.",
         version="1",
-        # BodySizeLimit runs before routing, so every operation can return 413.
-        responses=BODY_TOO_LARGE,
+        # BodySizeLimit runs before routing, so every operation can return 413 and 415.
+        responses=BODY_REJECTED,
     )
     app.state.api_context = ApiContext(
         store=store, admin_sha256=admin_digest(admin_token), clock=clock, service=service,
@@ -126,6 +126,9 @@ def create_app(
 class BodySizeLimit:
     """ASGI middleware that returns 413 for a request body larger than max_body_bytes.
 
+    It also returns 415 for a request with a Content-Encoding other than identity, which the
+    API does not decode.
+
     It reads the whole body before the application runs, so a chunked body without
     Content-Length is counted too; a body within the limit is passed on unchanged.
     """
@@ -138,7 +141,13 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        headers = dict(scope.get("headers", []))
+        encoding = headers.get(b"content-encoding", b"").strip().lower()
+        if encoding not in (b"", b"identity"):
+            # Decoded as is, a gzip body fails as invalid UTF-8, which hides the cause.
+            await self._reject_encoding(scope, receive, send, encoding)
+            return
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._reject(scope, receive, send)
             return
@@ -161,6 +170,14 @@ class BodySizeLimit:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+    async def _reject_encoding(self, scope: Scope, receive: Receive, send: Send, encoding: bytes) -> None:
+        encoding_text = encoding.decode("latin-1")[:40]
+        response = JSONResponse(
+            {"detail": f"unsupported Content-Encoding {encoding_text!r}: send the request body uncompressed"},
+            status_code=415,
+        )
+        await response(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(

@@ -31,11 +31,15 @@ UNAUTHORIZED: Responses = {
 }
 ADMIN_ONLY: Responses = {403: error("A tenant token called an endpoint that requires the admin token.")}
 TENANT_NOT_FOUND: Responses = {404: error("No such tenant, or a tenant the token may not see.")}
-BODY_TOO_LARGE: Responses = {
+BODY_REJECTED: Responses = {
     413: error(
         "The request body is larger than the server's max_body_bytes. The limit applies to every"
         " request, also to a body that the endpoint does not read."
-    )
+    ),
+    415: error(
+        "The request has a Content-Encoding other than identity, such as gzip; send the body"
+        " uncompressed."
+    ),
 }
-"""The 413 entry that create_app adds to every operation."""
+"""The 413 and 415 entries that create_app adds to every operation."""
 STORE_FAILED: Responses = {503: error("The state store failed; retry later.")}
