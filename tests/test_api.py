@@ -1085,16 +1085,25 @@ async def test_history_pages_complete(client: httpx.AsyncClient, store: Postgres
     assert times == sorted(times)
 
 
-async def test_history_filters(client: httpx.AsyncClient, store: PostgresStore) -> None:
+async def tenant_with_history(
+    client: httpx.AsyncClient, store: PostgresStore, rows: list[tuple[str, str, float, TransitionKind]]
+) -> str:
+    """Create a tenant and store one transition per (rule, group value, time, kind) row."""
     tenant = await create_tenant(client)
-    await store.record_transitions(
-        tenant,
-        "default",
+    transitions = [transition(rule_id, value, at_s, kind) for rule_id, value, at_s, kind in rows]
+    await store.record_transitions(tenant, "default", transitions)
+    return tenant
+
+
+async def test_history_filters(client: httpx.AsyncClient, store: PostgresStore) -> None:
+    tenant = await tenant_with_history(
+        client,
+        store,
         [
-            transition("r1", "a", NOW_S, TransitionKind.FIRED),
-            transition("r1", "b", NOW_S + 60, TransitionKind.FIRED),
-            transition("r2", "a", NOW_S + 120, TransitionKind.FIRED),
-            transition("r1", "a", NOW_S + 180, TransitionKind.RECOVERED),
+            ("r1", "a", NOW_S, TransitionKind.FIRED),
+            ("r1", "b", NOW_S + 60, TransitionKind.FIRED),
+            ("r2", "a", NOW_S + 120, TransitionKind.FIRED),
+            ("r1", "a", NOW_S + 180, TransitionKind.RECOVERED),
         ],
     )
     path = f"/v1/tenants/{tenant}/history"
@@ -1123,14 +1132,13 @@ async def test_history_filters(client: httpx.AsyncClient, store: PostgresStore) 
 
 
 async def test_history_time_lowercase_t_and_z(client: httpx.AsyncClient, store: PostgresStore) -> None:
-    tenant = await create_tenant(client)
-    await store.record_transitions(
-        tenant,
-        "default",
+    tenant = await tenant_with_history(
+        client,
+        store,
         [
-            transition("r1", "a", NOW_S, TransitionKind.FIRED),
-            transition("r1", "b", NOW_S + 60, TransitionKind.FIRED),
-            transition("r1", "c", NOW_S + 120, TransitionKind.FIRED),
+            ("r1", "a", NOW_S, TransitionKind.FIRED),
+            ("r1", "b", NOW_S + 60, TransitionKind.FIRED),
+            ("r1", "c", NOW_S + 120, TransitionKind.FIRED),
         ],
     )
 
