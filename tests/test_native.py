@@ -99,3 +99,37 @@ def test_compiled_and_source_modules_make_the_same_transitions(
     assert transitions == outputs["source"]
     assert "compiled_modules_not_used" in stderrs["source"]
     assert "compiled_modules_not_used" not in stderrs["default"]
+
+
+# JetStream acknowledgement subjects with stored times of 19 digits, above 2**53 nanoseconds.
+ACK_REPLIES = [
+    "$JS.ACK.S.c.1.58626.1.1796470937095156602.0",
+    "$JS.ACK.hub.3a1b.S.c.1.7.1.1733400000999999999.4.x",
+    "$JS.ACK.S.c.1.2.1.1796470937000000001.0",
+]
+
+
+def stored_times(pure_python: str) -> list[str]:
+    """Return the stored times of ACK_REPLIES as repr strings, computed by one build."""
+    script = (
+        "import json\n"
+        "from alertwarden.sources.pull import parse_reply\n"
+        f"replies = {ACK_REPLIES!r}\n"
+        "print(json.dumps([repr(parse_reply(reply).stored_at) for reply in replies]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, PURE_PYTHON_VARIABLE: pure_python},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return list(json.loads(done.stdout))
+
+
+def test_stored_time_same_in_both_builds() -> None:
+    compiled = stored_times("0")
+    source = stored_times("1")
+
+    assert compiled == source
+    assert source[0] == "1796470937.0951567"

@@ -56,7 +56,18 @@ def parse_reply(reply: str | None) -> Delivery | None:
         nanoseconds = int(tokens[base + 5])
     except (ValueError, IndexError):
         return None
-    return Delivery(sequence, nanoseconds / 1_000_000_000)
+    return Delivery(sequence, nanoseconds_to_seconds(nanoseconds))
+
+
+def nanoseconds_to_seconds(nanoseconds: int) -> float:
+    """Return epoch nanoseconds as seconds, the same float in the compiled and the pure build.
+
+    `nanoseconds / 1_000_000_000` is rounded once by Python but twice by mypyc's compiled code,
+    which converts the 19-digit integer to a float first, so a replay by the other build could
+    store a transition 1 µs apart. Both parts of the divmod convert exactly.
+    """
+    whole, rest = divmod(nanoseconds, 1_000_000_000)
+    return whole + rest / 1_000_000_000
 
 
 class PullFetcher:
@@ -194,7 +205,7 @@ def accept_messages(source: Any, messages: list[Any], record_type: Any) -> list[
         next_sequence = sequence + 1
         headers = message.headers
         msg_id = headers.get(MSG_ID_HEADER) if headers else None
-        stored_at = int(tokens[7]) / 1_000_000_000
+        stored_at = nanoseconds_to_seconds(int(tokens[7]))
         values = (sequence, next_sequence, subject, signal, data, msg_id, stored_at)
         records.append(tuple.__new__(record_type, values))
     source.next_sequence = next_sequence
