@@ -20,6 +20,8 @@ class CuttableProxy:
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]
         self._server: asyncio.Server | None = None
+        self.silent = False
+        """While True, open connections stay open but nothing passes in either direction."""
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
 
@@ -53,17 +55,19 @@ class CuttableProxy:
             return
         self._writers.update((writer, upstream_writer))
         for source, target in ((reader, upstream_writer), (upstream_reader, writer)):
-            task = asyncio.create_task(_copy(source, target))
+            task = asyncio.create_task(self._copy(source, target))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
 
-async def _copy(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
-    try:
-        while data := await source.read(65536):
-            target.write(data)
-            await target.drain()
-    except OSError:
-        pass
-    finally:
-        target.transport.abort()
+    async def _copy(self, source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                if self.silent:
+                    continue
+                target.write(data)
+                await target.drain()
+        except OSError:
+            pass
+        finally:
+            target.transport.abort()

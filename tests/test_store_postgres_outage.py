@@ -82,6 +82,27 @@ async def test_dead_idle_connection_replaced(pg_store_url: str, proxy: CuttableP
         await store.close()
 
 
+async def test_ping_on_silent_server_returns_at_timeout(
+    pg_store_url: str, proxy: CuttableProxy
+) -> None:
+    store = PostgresStore(proxied_url(pg_store_url, proxy), pool_max=1)
+    await store.open()
+    try:
+        await store.ping()
+        proxy.silent = True
+
+        with pytest.raises(StoreError, match=r"did not respond within 0\.5 s"):
+            await store.ping(timeout_s=0.5)
+
+        # psycopg is still trying to cancel the statement on the silent server; the ping did
+        # not wait for it.
+        assert len(store._cancelled_pings) == 1
+        proxy.silent = False
+        await proxy.cut()
+    finally:
+        await store.close()
+
+
 def test_connection_defaults_url_wins() -> None:
     url = "postgresql://postgres@127.0.0.1:5432/db?keepalives_idle=7&connect_timeout=3"
 

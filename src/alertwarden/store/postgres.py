@@ -343,6 +343,9 @@ class PostgresStore:
         self._prepare_threshold = prepare_threshold
         self._reconnect_cycle_s = reconnect_cycle_s
         self._pool: AsyncConnectionPool | None = None
+        # Pings that timed out and whose cancellation is still running; kept so that the tasks
+        # are not garbage-collected before they finish.
+        self._cancelled_pings: set[asyncio.Future[None]] = set()
         self._settings: StoreSettings | None = None
         self._last_maintain: float | None = None
         # Days whose history partition this store created or found. maintain() and any failed
@@ -897,12 +900,27 @@ class PostgresStore:
         Bounded by its own timeout, shorter than the pool's, so that a readiness probe gets a
         response while the server is down.
         """
-        try:
-            async with asyncio.timeout(timeout_s):
-                async with self._transaction("ping") as conn:
-                    await conn.execute("SELECT 1")
-        except TimeoutError:
-            raise StoreError(f"PostgreSQL did not respond within {timeout_s:g} s") from None
+        query = asyncio.ensure_future(self._ping_query())
+        done, _ = await asyncio.wait({query}, timeout=timeout_s)
+        if not done:
+            # Cancelling the statement makes psycopg ask the server to cancel it too, which on a
+            # server that accepts connections but never responds waits for connect_timeout. The
+            # probe does not wait for that: the cancellation finishes in the background.
+            query.cancel()
+            self._cancelled_pings.add(query)
+            query.add_done_callback(self._forget_cancelled_ping)
+            raise StoreError(f"PostgreSQL did not respond within {timeout_s:g} s")
+        query.result()
+
+    async def _ping_query(self) -> None:
+        async with self._transaction("ping") as conn:
+            await conn.execute("SELECT 1")
+
+    def _forget_cancelled_ping(self, query: asyncio.Future[None]) -> None:
+        self._cancelled_pings.discard(query)
+        if not query.cancelled():
+            # Retrieved, so that asyncio does not report it as never retrieved.
+            query.exception()
 
     async def create_tenant(self, tenant: str) -> bool:
         """Insert the tenant with its flag off unless it exists; return True when it was inserted."""
