@@ -124,12 +124,18 @@ def event_id(index: int, event: dict[str, Any]) -> str | None:
             return value
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
-        described = "an empty string" if value == "" else json_type(value)
+        if value == "":
+            described = "an empty string"
+        elif isinstance(value, float):
+            # orjson decodes an integer outside 64 bits as a float too.
+            described = "a number that is not a 64-bit integer"
+        else:
+            described = json_type(value)
         raise unprocessable(
             ["body", index, *field_name.split(".")],
             f"invalid event at index {index}: {field_name} is {described}; use a non-empty string"
             " or an integer as the event id, or leave it out",
-            None,
+            value,
         )
     return None
 
