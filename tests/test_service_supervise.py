@@ -129,3 +129,32 @@ async def test_unknown_tenant_count_gives_up_on_store(monkeypatch: pytest.Monkey
 
     assert [entry["event"] for entry in logs] == ["unknown_tenant_count_failed"]
     assert logs[0]["error"] == "TimeoutError"
+
+
+class ReopenedLeases:
+    """A lease session that was lost and opens again at once, as after a short database outage."""
+
+    connected = True
+
+    async def alive(self) -> bool:
+        return False
+
+    async def open(self) -> None:
+        return None
+
+
+async def test_readiness_after_lost_leases_until_reconcile() -> None:
+    service = Service(Settings())
+    service.nats = ConnectedNats()  # type: ignore[assignment]
+    service.leases = ReopenedLeases()  # type: ignore[assignment]
+    service.rules_loaded = True
+    service._evaluators_placed = True
+    assert service.readiness().ready
+
+    reopened = await service._leases_ready()
+
+    # The session is back, but the rule groups have no evaluator until the next reconcile.
+    assert reopened
+    readiness = service.readiness()
+    assert not readiness.ready
+    assert readiness.checks["evaluators"] == "rule groups not assigned to evaluators yet"

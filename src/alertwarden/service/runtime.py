@@ -108,6 +108,9 @@ class Service:
         self.elsewhere: dict[GroupId, GroupSpec] = {}
         """Active rule groups whose lease another node holds."""
         self.rules_loaded = False
+        # False from a lost lease session until a reconcile has started the evaluators again, so
+        # /readyz does not report the node ready while it evaluates nothing.
+        self._evaluators_placed = False
         self._worker_config: WorkerConfig | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -265,6 +268,7 @@ class Service:
         share = fair_share(len(desired), loads, node)
         await self._hand_over_excess(share.keep, len(loads))
         changed = await self._start_desired_workers(desired, share.take) or changed
+        self._evaluators_placed = True
         self._changes_applied = requested
         if changed:
             try:
@@ -397,6 +401,7 @@ class Service:
         assert leases is not None
         if await leases.alive():
             return True
+        self._evaluators_placed = False
         if self.workers:
             log.error(
                 "leases_lost",
@@ -476,6 +481,8 @@ class Service:
             checks["leases"] = "ok" if self.leases.connected else "lease session lost"
         if not self.rules_loaded:
             checks["evaluators"] = "rules not loaded yet"
+        elif not self._evaluators_placed:
+            checks["evaluators"] = "rule groups not assigned to evaluators yet"
         else:
             started = sum(1 for worker in self.workers.values() if worker.started)
             total = len(self.workers)
