@@ -108,8 +108,8 @@ class Service:
         self.elsewhere: dict[GroupId, GroupSpec] = {}
         """Active rule groups whose lease another node holds."""
         self.rules_loaded = False
-        # False from a lost lease session until a reconcile has started the evaluators again, so
-        # /readyz does not report the node ready while it evaluates nothing.
+        # False at start and after a lost lease session until a reconcile has started the
+        # evaluators, so /readyz does not report the node ready while it evaluates nothing.
         self._evaluators_placed = False
         self._worker_config: WorkerConfig | None = None
         self._stop = asyncio.Event()
