@@ -20,8 +20,8 @@ class CuttableProxy:
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]
         self._server: asyncio.Server | None = None
+        # While True, open connections stay open but nothing passes in either direction.
         self.silent = False
-        """While True, open connections stay open but nothing passes in either direction."""
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
 

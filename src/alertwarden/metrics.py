@@ -7,7 +7,6 @@ applications or tests in one process never register the same metric name twice.
 from __future__ import annotations
 
 import contextlib
-
 import time
 from collections.abc import Callable
 

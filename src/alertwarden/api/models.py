@@ -229,7 +229,8 @@ def parse_time(name: str, text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        # RFC 3339 (section 5.6) allows a lowercase t and z, but fromisoformat of Python 3.11 rejects a lowercase z.
+        # RFC 3339 (section 5.6) allows a lowercase t and z, and Python 3.11's fromisoformat
+        # rejects a lowercase z.
         moment = datetime.fromisoformat(text.upper())
     except ValueError:
         moment = None

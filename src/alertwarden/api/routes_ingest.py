@@ -213,10 +213,8 @@ def json_type(value: object) -> str:
     """Return the JSON name of a decoded value's type, with its article, such as `an array`."""
     if isinstance(value, bool):
         return "a boolean"
-    if isinstance(value, int):
+    if isinstance(value, int | float):
         return "a number"
-    if isinstance(value, float):
-        return "a floating-point number"
     names = {str: "a string", list: "an array", dict: "an object", type(None): "null"}
     return names.get(type(value), f"a {type(value).__name__}")
 

@@ -55,8 +55,8 @@ shorter limit 5 ms, while the searches of ordinary lines, which take microsecond
 REGEX_REPEAT_WINDOW_S = 60.0
 # NOTE: a search that stays just under its limit is neither stopped nor counted. A pattern that
 # takes 20 ms on each of a tenant's lines costs the event loop that much per event and leaves
-# the rule healthy. A linear-time engine such as RE2, for the patterns it supports, would remove
-# this whole class of cost; the `regex` package with a time limit only bounds it.
+# the rule healthy. The `regex` package with a time limit only bounds this cost. A linear-time
+# engine such as RE2 would remove it for the patterns it supports.
 
 MAX_FILTER_DEPTH = 32
 MAX_FILTER_NODES = 1_000

@@ -17,6 +17,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from alertwarden.sources.timestamps import divide_epoch
+
 STATUS_HEADER = "Status"
 DESCRIPTION_HEADER = "Description"
 # Statuses that end a pull request: 404 no messages, 408 request expired. 409 also ends it, but
@@ -60,14 +62,12 @@ def parse_reply(reply: str | None) -> Delivery | None:
 
 
 def nanoseconds_to_seconds(nanoseconds: int) -> float:
-    """Return epoch nanoseconds as seconds, the same float in the compiled and the pure build.
+    """Return JetStream's stored time in epoch nanoseconds as seconds.
 
-    `nanoseconds / 1_000_000_000` is rounded once by Python but twice by mypyc's compiled code,
-    which converts the 19-digit integer to a float first, so a replay by the other build could
-    store a transition 1 µs apart. Both parts of the divmod convert exactly.
+    divide_epoch gives the same float in the compiled and the pure build. Otherwise a replay by
+    the other build would store a transition 1 µs apart from the first run.
     """
-    whole, rest = divmod(nanoseconds, 1_000_000_000)
-    return whole + rest / 1_000_000_000
+    return divide_epoch(nanoseconds, 1_000_000_000)
 
 
 class PullFetcher:

@@ -134,7 +134,7 @@ def parse_epoch(value: int | float, *, field: str, raw: Any = None) -> float:
         divisor = 1_000_000
     else:
         divisor = 1_000_000_000
-    return check_range(_divide(value, divisor), field, shown)
+    return check_range(divide_epoch(value, divisor), field, shown)
 
 
 def parse_epoch_unit(value: Any, *, divisor: int, field: str) -> float:
@@ -165,10 +165,16 @@ def parse_epoch_unit(value: Any, *, divisor: int, field: str) -> float:
         )
     if isinstance(number, float) and not math.isfinite(number):
         raise bad_timestamp(field, value, "NaN and infinity are not times")
-    return check_range(_divide(number, divisor), field, value)
+    return check_range(divide_epoch(number, divisor), field, value)
 
 
-def _divide(value: int | float, divisor: int) -> float:
+def divide_epoch(value: int | float, divisor: int) -> float:
+    """Return an epoch value of `divisor` units per second as seconds, the same in both builds.
+
+    An int above 2**53, such as epoch nanoseconds, is divided in two exact parts: `value /
+    divisor` is rounded once by Python but twice by mypyc's compiled code, which converts the
+    int to a float first.
+    """
     if divisor == 1:
         return float(value)
     if isinstance(value, int):
